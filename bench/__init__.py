@@ -1,0 +1,1 @@
+"""fused_qkv.bench: the ``fused-qkv`` command line (``demo``; ``bench`` to come)."""

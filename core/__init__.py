@@ -1,0 +1,31 @@
+"""fused_qkv.core: the kernel, the framework-free launch spec and validation, the float64 oracle.
+
+Frontends (``fused_qkv.torch_api``, ``fused_qkv.jax_api``) depend on this package; it
+depends on neither. Importing it needs only NumPy; ``get_kernel`` needs Triton.
+"""
+
+from .oracle import OracleResult, format_quantum, reference, round_to_format
+from .spec import (
+    FP8_FORMATS,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    SCALAR_NAMES,
+    ArrayInfo,
+    LaunchPlan,
+    check_layer,
+    ordered_args,
+    plan_launch,
+)
+
+
+def get_kernel(interpret: bool):
+    """The Triton kernel (compiled ``JITFunction`` or interpreted), loaded lazily."""
+    from .launch import get_kernel as _get
+
+    return _get(interpret)
+
+
+__all__ = [
+    "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OracleResult", "SCALAR_NAMES",
+    "check_layer", "format_quantum", "get_kernel", "ordered_args", "plan_launch", "reference", "round_to_format",
+]

@@ -1,0 +1,270 @@
+"""The one fused Triton kernel: QKV split + per-head RMSNorm + RoPE + paged KV-cache write.
+
+This module is the single kernel source for every frontend. It is imported twice:
+normally (``@triton.jit`` -> compiled on a GPU) and, for CPU tensors, a second time
+under Triton's interpreter (see ``fused_qkv.core.launch.interpreted_kernel``).
+
+Argument order (fixed; both frontends rely on it, see ``spec.INPUT_NAMES`` etc.):
+
+1. input pointers   (``spec.INPUT_NAMES``)
+2. runtime scalars  (``spec.SCALAR_NAMES``)
+3. output pointers  (``spec.OUTPUT_NAMES``) -- jax-triton appends one pointer per
+   output, aliased outputs included; the torch binding passes the cache tensors
+   both as ``key_cache_in`` and as ``key_cache`` (never read through ``*_in``).
+4. constexprs       (``spec.LaunchPlan.constexprs``), passed by keyword.
+
+Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the
+token block ``pid // NUM_HEAD_PROGS`` and the head ``pid % NUM_HEAD_PROGS`` of the
+combined head list ``[Q heads | K heads | V heads | gate heads]``.
+
+Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even,
+by explicit arithmetic (``_round_bf16``, ``_round_fp8``) before the final cast, so the
+final cast is exact. That makes the interpreter (whose casts truncate) and compiled
+code produce the same bits.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _round_bf16(x):
+    """Round fp32 ``x`` to the nearest bf16 value (ties to even); result is fp32 holding a bf16 value."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    bits = bits & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round_fp8(x, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr):
+    """Saturate fp32 ``x`` to [-MAXV, MAXV] and round it to nearest-even on the grid of an fp8 format.
+
+    The format has MBITS explicit mantissa bits and minimum normal exponent EMIN. The
+    spacing of representable values around ``x`` is ``2**(max(e, EMIN) - MBITS)``
+    with ``e = floor(log2|x|)``; dividing by it is exact (power of two), the rounding
+    is fp32's own round-to-nearest-even add of 1.5 * 2**23, and scaling back is exact.
+    Zero results are +0.0 (e4m3fnuz has no negative zero).
+    """
+    x = tl.minimum(tl.maximum(x, -MAXV), MAXV)
+    biased_exp = ((x.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
+    q_exp = tl.maximum(biased_exp, EMIN + 127) - MBITS  # biased exponent of the grid spacing
+    quantum = (q_exp.to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+    inv_quantum = ((254 - q_exp).to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+    y = x * inv_quantum
+    magic = 12582912.0  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
+    r = ((y + magic) - magic) * quantum
+    return tl.where(r == 0.0, 0.0, r)
+
+
+@triton.jit
+def _to_storage(x, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr):
+    """Convert fp32 ``x`` to ``OUT_DTYPE`` with one correctly rounded step (MBITS > 0: fp8 grid)."""
+    if MBITS > 0:
+        x = _round_fp8(x, MBITS, EMIN, MAXV)
+    elif OUT_DTYPE == tl.bfloat16:
+        x = _round_bf16(x)
+    return x.to(OUT_DTYPE)
+
+
+@triton.jit
+def _rms_scale(a, b, p, HEAD_DIM: tl.constexpr, eps):
+    """Per-row 1/rms over the three channel groups (masked lanes hold 0)."""
+    # tl.reduce with the standard sum combiner rather than tl.sum: tl.sum is a @jit function
+    # decorated at triton import (compiled), which an interpreted kernel cannot call; the
+    # interpreter maps this combiner to np.sum.
+    ss = (tl.reduce(a * a, 1, tl.standard._sum_combine) + tl.reduce(b * b, 1, tl.standard._sum_combine)
+          + tl.reduce(p * p, 1, tl.standard._sum_combine))
+    return tl.math.rsqrt(ss / HEAD_DIM + eps)
+
+
+@triton.jit
+def _load_weight(w_ptr, offs, mask, offset):
+    return tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32) + offset
+
+
+@triton.jit
+def _store_head(
+    base,  # [BLOCK_T, 1] pointers to channel 0 of the head
+    row_mask,  # [BLOCK_T, 1]
+    a, b, p,
+    a_offs, b_offs, p_offs, half_mask, pass_mask,
+    HAS_PASS: tl.constexpr,
+    OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr,
+):
+    tl.store(base + a_offs, _to_storage(a, OUT_DTYPE, MBITS, EMIN, MAXV), mask=row_mask & half_mask)
+    tl.store(base + b_offs, _to_storage(b, OUT_DTYPE, MBITS, EMIN, MAXV), mask=row_mask & half_mask)
+    if HAS_PASS:
+        tl.store(base + p_offs, _to_storage(p, OUT_DTYPE, MBITS, EMIN, MAXV), mask=row_mask & pass_mask)
+
+
+@triton.jit
+def _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries, num_cache_slots,
+                SLOT_STRIDE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_LAYER: tl.constexpr,
+                LAYER_STRIDE: tl.constexpr, BLOCK_STRIDE: tl.constexpr, SLOT_IN_BLOCK_STRIDE: tl.constexpr):
+    """(write mask, int64 element offset of head 0) of each token's cache slot.
+
+    A token gets no write when it is past ``num_tokens``, past the end of ``slot_mapping``
+    or its slot is outside ``[0, num_cache_slots)``.
+    """
+    slot = tl.load(slot_mapping_ptr + tok64 * SLOT_STRIDE, mask=tok_mask & (tok < num_slot_entries), other=-1)
+    slot = slot.to(tl.int64)
+    ok = tok_mask & (slot >= 0) & (slot < num_cache_slots)
+    slot = tl.where(ok, slot, 0)
+    base = (slot // BLOCK_SIZE) * BLOCK_STRIDE + (slot % BLOCK_SIZE) * SLOT_IN_BLOCK_STRIDE
+    if HAS_LAYER:
+        base += tl.load(layer_ptr).to(tl.int64) * LAYER_STRIDE
+    return ok, base
+
+
+@triton.jit
+def fused_qkv_split_qk_norm_rope_cache_kernel(
+    # ---- 1. input pointers (spec.INPUT_NAMES) ----
+    qkv_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr,
+    slot_mapping_ptr, k_scale_ptr, v_scale_ptr, layer_ptr, key_cache_in_ptr, value_cache_in_ptr,
+    # ---- 2. runtime scalars (spec.SCALAR_NAMES) ----
+    num_tokens, num_slot_entries, num_cache_slots, num_table_rows, eps, norm_weight_offset,
+    # ---- 3. output pointers (spec.OUTPUT_NAMES) ----
+    q_out_ptr, gate_out_ptr, k_out_ptr, v_out_ptr, key_cache_ptr, value_cache_ptr,
+    # ---- 4. constexprs ----
+    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HALF_ROT: tl.constexpr,  # rotary_dim // 2
+    PAIR_STEP: tl.constexpr,  # 1 (NeoX: A = x[i]) or 2 (GPT-J: A = x[2i])
+    PAIR_DELTA: tl.constexpr,  # offset from A to its partner B: rotary_dim/2 (NeoX) or 1 (GPT-J)
+    TABLE_STEP: tl.constexpr,  # table column of pair i is i * TABLE_STEP (2 for GPT-J full tables)
+    NUM_HEAD_PROGS: tl.constexpr, K_END: tl.constexpr, V_END: tl.constexpr,
+    Q_HEAD_STRIDE: tl.constexpr,  # qkv columns between consecutive Q heads (D, or 2D interleaved)
+    GATE_COL0: tl.constexpr, GATE_HEAD_STRIDE: tl.constexpr, K_COL0: tl.constexpr, V_COL0: tl.constexpr,
+    HAS_Q_NORM: tl.constexpr, HAS_K_NORM: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_LAYER: tl.constexpr,
+    HAS_GATE: tl.constexpr, RETURN_KV: tl.constexpr,
+    K_SCALE_MODE: tl.constexpr, V_SCALE_MODE: tl.constexpr,  # 0 none, 1 per tensor, 2 per KV head
+    K_MBITS: tl.constexpr, K_EMIN: tl.constexpr, K_MAXV: tl.constexpr,  # K_MBITS 0: cache is not fp8
+    V_MBITS: tl.constexpr, V_EMIN: tl.constexpr, V_MAXV: tl.constexpr,
+    QKV_ROW_STRIDE: tl.constexpr, POS_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, SLOT_STRIDE: tl.constexpr,
+    COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
+    SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr,
+    KC_LAYER_STRIDE: tl.constexpr, KC_BLOCK_STRIDE: tl.constexpr, KC_SLOT_STRIDE: tl.constexpr,
+    KC_HEAD_STRIDE: tl.constexpr,
+    VC_LAYER_STRIDE: tl.constexpr, VC_BLOCK_STRIDE: tl.constexpr, VC_SLOT_STRIDE: tl.constexpr,
+    VC_HEAD_STRIDE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,  # cache block size (tokens per page)
+    BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_PASS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    head = pid % NUM_HEAD_PROGS
+    tblock = pid // NUM_HEAD_PROGS
+
+    tok = tblock * BLOCK_T + tl.arange(0, BLOCK_T)
+    tok_mask = tok < num_tokens
+    tok64 = tok.to(tl.int64)
+    row_mask = tok_mask[:, None]
+    qkv_row = qkv_ptr + (tok64 * QKV_ROW_STRIDE)[:, None]
+    in_dtype = qkv_ptr.dtype.element_ty
+    eps32 = tl.cast(eps, tl.float32)  # jax-triton passes Python floats as fp64
+
+    # channel offsets inside one head: A (first of each rotary pair), B (its partner), P (pass-through)
+    i = tl.arange(0, BLOCK_HALF)
+    half_mask = (i < HALF_ROT)[None, :]
+    a_offs = (i * PAIR_STEP)[None, :]
+    b_offs = a_offs + PAIR_DELTA
+    j = tl.arange(0, BLOCK_PASS)
+    pass_mask = (j < HEAD_DIM - 2 * HALF_ROT)[None, :]
+    p_offs = (2 * HALF_ROT + j)[None, :]
+    d = tl.arange(0, BLOCK_D)
+    d_mask = (d < HEAD_DIM)[None, :]
+
+    if head < K_END:
+        # ---------------- Q or K head: RMSNorm + RoPE (+ cache write for K) ----------------
+        is_q = head < NUM_Q_HEADS
+        if is_q:
+            col0 = head * Q_HEAD_STRIDE
+        else:
+            col0 = K_COL0 + (head - NUM_Q_HEADS) * HEAD_DIM
+        src = qkv_row + col0
+        ld_half = row_mask & half_mask
+        a = tl.load(src + a_offs, mask=ld_half, other=0.0).to(tl.float32)
+        b = tl.load(src + b_offs, mask=ld_half, other=0.0).to(tl.float32)
+        if HAS_PASS:
+            p = tl.load(src + p_offs, mask=row_mask & pass_mask, other=0.0).to(tl.float32)
+        else:
+            p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
+
+        off = tl.cast(norm_weight_offset, tl.float32)
+        if is_q:
+            if HAS_Q_NORM:
+                r = _rms_scale(a, b, p, HEAD_DIM, eps32)[:, None]
+                a = a * r * _load_weight(q_weight_ptr, a_offs, half_mask, off)
+                b = b * r * _load_weight(q_weight_ptr, b_offs, half_mask, off)
+                if HAS_PASS:
+                    p = p * r * _load_weight(q_weight_ptr, p_offs, pass_mask, off)
+        else:
+            if HAS_K_NORM:
+                r = _rms_scale(a, b, p, HEAD_DIM, eps32)[:, None]
+                a = a * r * _load_weight(k_weight_ptr, a_offs, half_mask, off)
+                b = b * r * _load_weight(k_weight_ptr, b_offs, half_mask, off)
+                if HAS_PASS:
+                    p = p * r * _load_weight(k_weight_ptr, p_offs, pass_mask, off)
+
+        # rotary tables: row = clamp(position + offset, 0, rows - 1)
+        pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+        if HAS_OFFSETS:
+            pos += tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+        pos = tl.minimum(tl.maximum(pos, 0), num_table_rows - 1)[:, None]
+        tcol = (i * TABLE_STEP)[None, :]
+        c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+        s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+        c = c.to(tl.float32)
+        s = s.to(tl.float32)
+        a_rot = a * c - b * s
+        b_rot = b * c + a * s
+
+        if is_q:
+            dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
+            _store_head(dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                        HAS_PASS, in_dtype, 0, 0, 0.0)
+        else:
+            kh = head - NUM_Q_HEADS
+            if RETURN_KV:
+                dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
+                _store_head(dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                            HAS_PASS, in_dtype, 0, 0, 0.0)
+            slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
+                                             num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
+                                             KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
+            cache_off = slot_base + kh * KC_HEAD_STRIDE
+            if K_SCALE_MODE != 0:
+                ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
+                a_rot = a_rot / ks
+                b_rot = b_rot / ks
+                p = p / ks
+            _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
+                        a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
+                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV)
+    elif head < V_END:
+        # ---------------- V head: copy + cache write ----------------
+        vh = head - K_END
+        x = tl.load(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], mask=row_mask & d_mask)
+        if RETURN_KV:
+            dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
+            tl.store(dst + d[None, :], x, mask=row_mask & d_mask)
+        slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
+                                         num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
+                                         VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
+        cache_off = slot_base + vh * VC_HEAD_STRIDE
+        cache_dtype = value_cache_ptr.dtype.element_ty
+        if V_SCALE_MODE == 0 and V_MBITS == 0:
+            y = x.to(cache_dtype)  # the cache has the input dtype: an exact copy
+        else:
+            xf = x.to(tl.float32)
+            if V_SCALE_MODE != 0:
+                xf = xf / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
+            y = _to_storage(xf, cache_dtype, V_MBITS, V_EMIN, V_MAXV)
+        tl.store(value_cache_ptr + cache_off[:, None] + d[None, :], y, mask=slot_ok[:, None] & d_mask)
+    else:
+        if HAS_GATE:
+            # ---------------- gate head: plain copy ----------------
+            g = head - V_END
+            x = tl.load(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], mask=row_mask & d_mask)
+            dst = gate_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + g * HEAD_DIM)[:, None]
+            tl.store(dst + d[None, :], x, mask=row_mask & d_mask)

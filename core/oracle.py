@@ -1,0 +1,162 @@
+"""NumPy float64 oracle: the executable specification of the op. Every test and benchmark compares against it.
+
+It implements the contract literally, with no knowledge of how the kernel is written:
+full rotary tables are applied per channel the way Hugging Face applies them
+(``x * cos + rotate(x) * sin``), half tables per rotary pair.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .spec import FP8_FORMATS
+
+# (explicit mantissa bits, minimum normal exponent, largest finite value, saturates)
+_FORMATS = {
+    "bfloat16": (7, -126, float.fromhex("0x1.fep127"), False),
+    "float16": (10, -14, 65504.0, False),
+    "float32": (23, -126, float.fromhex("0x1.fffffep127"), False),
+}
+_FORMATS.update({k: (f.mbits, f.emin, f.max_finite, True) for k, f in FP8_FORMATS.items()})
+
+
+def format_quantum(x, dtype: str) -> np.ndarray:
+    """Spacing of representable values of ``dtype`` at magnitude ``|x|`` (one ulp)."""
+    mbits, emin, _, _ = _FORMATS[dtype]
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(np.where(x > 0, x, 1.0)))
+    e = np.maximum(e, emin)
+    return np.exp2(e - mbits)
+
+
+def round_to_format(x, dtype: str) -> np.ndarray:
+    """Round float64 values to the nearest value of ``dtype`` (ties to even), as float64.
+
+    fp8 formats saturate to their largest finite value (the cache contract); the others
+    do not matter here (values stay far from their range).
+    """
+    mbits, emin, maxv, saturates = _FORMATS[dtype]
+    x = np.asarray(x, dtype=np.float64)
+    if saturates:
+        x = np.clip(x, -maxv, maxv)
+    q = format_quantum(x, dtype)
+    r = np.round(x / q) * q  # np.round: half to even
+    return np.where(r == 0, 0.0, r)
+
+
+class OracleResult(NamedTuple):
+    """Float64 results. ``slots[t]`` is the cache slot token t writes, or -1 for no write.
+
+    ``key_cache_values[t]`` / ``value_cache_values[t]`` ([KVH, D]) are the values the
+    cache must hold at ``slots[t]``: ``k / k_scale`` rounded to the cache dtype (fp8
+    saturating). ``exact_key_cache[t]`` is the same before rounding.
+    """
+
+    q: np.ndarray  # [T, QH, D]
+    gate: Optional[np.ndarray]  # [T, QH, D] or None
+    k: np.ndarray  # [T, KVH, D]
+    v: np.ndarray  # [T, KVH, D]
+    slots: np.ndarray  # [T] int64
+    exact_key_cache: np.ndarray  # [T, KVH, D]
+    exact_value_cache: np.ndarray
+    key_cache_values: np.ndarray
+    value_cache_values: np.ndarray
+
+
+def rms_norm(x: np.ndarray, weight: Optional[np.ndarray], eps: float, offset: float) -> np.ndarray:
+    """``x * rsqrt(mean(x^2) + eps) * (weight + offset)`` over the last axis; identity if weight is None."""
+    if weight is None:
+        return x
+    x = np.asarray(x, np.float64)
+    inv = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return x * inv * (np.asarray(weight, np.float64) + offset)
+
+
+def rope(x: np.ndarray, cos_rows: np.ndarray, sin_rows: np.ndarray, rotary_dim: int, is_neox: bool) -> np.ndarray:
+    """Rotate the first ``rotary_dim`` channels of ``x`` [T, H, D]; tables [T, rotary_dim/2 or rotary_dim]."""
+    x = np.asarray(x, np.float64).copy()
+    half = rotary_dim // 2
+    if is_neox:
+        ia, ib = np.arange(half), np.arange(half) + half
+    else:
+        ia, ib = np.arange(half) * 2, np.arange(half) * 2 + 1
+    if cos_rows.shape[-1] == half:  # half table: one angle per pair
+        ca = cb = cos_rows[:, None, :]
+        sa = sb = sin_rows[:, None, :]
+    else:  # full table, applied per channel: out = x * cos + rotate(x) * sin
+        ca, cb = cos_rows[:, None, ia], cos_rows[:, None, ib]
+        sa, sb = sin_rows[:, None, ia], sin_rows[:, None, ib]
+    xa, xb = x[..., ia].copy(), x[..., ib].copy()
+    x[..., ia] = xa * ca - xb * sa
+    x[..., ib] = xb * cb + xa * sb
+    return x
+
+
+def reference(
+    qkv, q_weight, k_weight, cos, sin, positions, slot_mapping, *,
+    num_q_heads: int, num_kv_heads: int, head_dim: int, num_cache_slots: int,
+    key_cache_dtype: str, value_cache_dtype: str,
+    eps: float = 1e-6, norm_weight_offset: float = 0.0, is_neox: bool = True, rotary_dim: Optional[int] = None,
+    offsets=None, attn_output_gate: bool = False, gated_qkv_layout: str = "interleaved",
+    k_scale=None, v_scale=None,
+) -> OracleResult:
+    """The op's contract in float64. Array arguments are NumPy arrays (any real dtype).
+
+    ``num_cache_slots`` = num_blocks * block_size; the cache dtypes decide the rounding of
+    the cache values. Positions are clamped to the table (``[0, rows - 1]``).
+    """
+    f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    qkv = f64(qkv)
+    T = qkv.shape[0]
+    QH, KVH, D = num_q_heads, num_kv_heads, head_dim
+    rotary_dim = head_dim if rotary_dim is None else rotary_dim
+
+    q_cols = QH * D * (2 if attn_output_gate else 1)
+    qg = qkv[:, :q_cols]
+    if attn_output_gate and gated_qkv_layout == "interleaved":
+        qg = qg.reshape(T, QH, 2, D)
+        q, gate = qg[:, :, 0], qg[:, :, 1]
+    elif attn_output_gate:
+        q, gate = qg[:, :QH * D].reshape(T, QH, D), qg[:, QH * D:].reshape(T, QH, D)
+    else:
+        q, gate = qg.reshape(T, QH, D), None
+    k = qkv[:, q_cols:q_cols + KVH * D].reshape(T, KVH, D)
+    v = qkv[:, q_cols + KVH * D:q_cols + 2 * KVH * D].reshape(T, KVH, D)
+
+    q = rms_norm(q, f64(q_weight), eps, norm_weight_offset)
+    k = rms_norm(k, f64(k_weight), eps, norm_weight_offset)
+
+    pos = np.asarray(positions, dtype=np.int64)
+    if offsets is not None:
+        pos = pos + np.asarray(offsets, dtype=np.int64)
+    cos, sin = f64(cos), f64(sin)
+    pos = np.clip(pos, 0, cos.shape[0] - 1)
+    q = rope(q, cos[pos], sin[pos], rotary_dim, is_neox)
+    k = rope(k, cos[pos], sin[pos], rotary_dim, is_neox)
+
+    sm = np.asarray(slot_mapping, dtype=np.int64)
+    slots = np.full(T, -1, dtype=np.int64)
+    slots[:len(sm)] = sm
+    slots[(slots < 0) | (slots >= num_cache_slots)] = -1
+
+    def scaled(x, scale):
+        if scale is None:
+            return x
+        s = np.asarray(scale, np.float64).reshape(-1)
+        return x / (s[None, :, None] if s.size > 1 else s[0])
+
+    ek, ev = scaled(k, k_scale), scaled(v, v_scale)
+    return OracleResult(
+        q=q, gate=None if gate is None else gate.copy(), k=k, v=v.copy(), slots=slots,
+        exact_key_cache=ek, exact_value_cache=ev,
+        key_cache_values=round_to_format(ek, key_cache_dtype),
+        value_cache_values=round_to_format(ev, value_cache_dtype),
+    )
+
+
+def cache_location(slot: int, block_size: int) -> tuple:
+    """(block, offset in block) of a cache slot."""
+    return slot // block_size, slot % block_size

@@ -1,0 +1,214 @@
+"""PyTorch binding of the fused kernel, registered as the mutating op ``fused_qkv::split_qk_norm_rope_cache``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_layer, get_kernel, ordered_args, plan_launch
+
+OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
+
+
+class FusedQKVOutput(NamedTuple):
+    """Outputs of :func:`fused_qkv_split_qk_norm_rope_cache`.
+
+    q: ``[T, num_q_heads, head_dim]``, input dtype: RMS-normalised (if ``q_weight``) and rotated.
+    gate: ``[T, num_q_heads, head_dim]`` copy of the gate, or ``None`` without ``attn_output_gate``.
+    k: ``[T, num_kv_heads, head_dim]`` normalised and rotated, before ``k_scale``; ``None`` if not ``return_kv``.
+    v: ``[T, num_kv_heads, head_dim]`` copy of V, before ``v_scale``; ``None`` if not ``return_kv``.
+    """
+
+    q: torch.Tensor
+    gate: Optional[torch.Tensor]
+    k: Optional[torch.Tensor]
+    v: Optional[torch.Tensor]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _info(t: Optional[torch.Tensor], name: str, with_ptr: bool) -> Optional[ArrayInfo]:
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    ptr = t.data_ptr() if with_ptr else None
+    return ArrayInfo(tuple(t.shape), tuple(t.stride()), _dtype_name(t.dtype), str(t.device), ptr)
+
+
+def _target(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "interpreter"
+    if device.type == "cuda" and torch.version.hip:
+        arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
+        return f"hip:{arch}"
+    if device.type == "cuda":
+        return "cuda"
+    raise ValueError(f"qkv must be on a CPU or CUDA/ROCm device, got {device}")
+
+
+def _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+          num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+          gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr):
+    names = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache",
+             "slot_mapping", "offsets", "k_scale", "v_scale")
+    tensors = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets,
+               k_scale, v_scale)
+    infos = dict(zip(names, (_info(t, n, with_ptr) for t, n in zip(tensors, names, strict=True)), strict=True))
+    for required in ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping"):
+        if infos[required] is None:
+            raise TypeError(f"{required} must be a torch.Tensor, got None")
+    target = _target(qkv.device)
+    warp_size = 64 if target.startswith("hip:gfx9") else 32
+    return plan_launch(
+        infos["qkv"], infos["q_weight"], infos["k_weight"], infos["cos"], infos["sin"], infos["positions"],
+        infos["key_cache"], infos["value_cache"], infos["slot_mapping"],
+        num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+        norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim, offsets=infos["offsets"],
+        attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout, k_scale=infos["k_scale"],
+        v_scale=infos["v_scale"], kv_cache_layout=kv_cache_layout, return_kv=return_kv, target=target,
+        warp_size=warp_size,
+    ), target
+
+
+def _select_layer(key_cache, value_cache, layer):
+    check_layer(tuple(key_cache.shape), layer)
+    if layer is None:
+        return key_cache, value_cache
+    if tuple(value_cache.shape) != tuple(key_cache.shape):
+        raise ValueError(f"key_cache and value_cache must have the same shape, got {tuple(key_cache.shape)} "
+                         f"and {tuple(value_cache.shape)}")
+    return key_cache[layer], value_cache[layer]
+
+
+def _outputs(plan, qkv):
+    def alloc(name):
+        spec = plan.out_shapes[name]
+        return torch.empty(spec[0], dtype=qkv.dtype, device=qkv.device) if spec is not None else None
+
+    return {n: alloc(n) for n in ("q", "gate", "k", "v")}
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=("key_cache", "value_cache"))
+def _fused_op(
+    qkv: torch.Tensor, q_weight: Optional[torch.Tensor], k_weight: Optional[torch.Tensor], cos: torch.Tensor,
+    sin: torch.Tensor, positions: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, eps: float,
+    norm_weight_offset: float, is_neox: bool, rotary_dim: Optional[int], offsets: Optional[torch.Tensor],
+    attn_output_gate: bool, gated_qkv_layout: str, k_scale: Optional[torch.Tensor],
+    v_scale: Optional[torch.Tensor], kv_cache_layout: str, return_kv: bool, layer: Optional[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    kc, vc = _select_layer(key_cache, value_cache, layer)
+    plan, target = _plan(qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads,
+                         num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets,
+                         attn_output_gate, gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv,
+                         with_ptr=True)
+    outs = _outputs(plan, qkv)
+    if plan.grid[0] > 0:
+        inputs = dict(zip(INPUT_NAMES, (qkv, q_weight, k_weight, cos, sin, positions, offsets, slot_mapping,
+                                        k_scale, v_scale, None, kc, vc), strict=True))
+        args = ordered_args(inputs, plan.scalars, dict(outs, key_cache=kc, value_cache=vc))
+        kernel = get_kernel(interpret=target == "interpreter")
+        if qkv.device.type == "cuda" and qkv.device.index != torch.cuda.current_device():
+            with torch.cuda.device(qkv.device):
+                kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
+        else:
+            kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
+    empty = qkv.new_empty(0)
+    return tuple(outs[n] if outs[n] is not None else empty for n in ("q", "gate", "k", "v"))
+
+
+@_fused_op.register_fake
+def _fused_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+                   num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+                   gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer):
+    kc, vc = _select_layer(key_cache, value_cache, layer)
+    plan, _ = _plan(qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads, num_kv_heads,
+                    head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+                    gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr=False)
+    outs = _outputs(plan, qkv)
+    empty = qkv.new_empty(0)
+    return tuple(outs[n] if outs[n] is not None else empty for n in ("q", "gate", "k", "v"))
+
+
+def fused_qkv_split_qk_norm_rope_cache(
+    qkv: torch.Tensor,
+    q_weight: Optional[torch.Tensor],
+    k_weight: Optional[torch.Tensor],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    eps: float = 1e-6,
+    norm_weight_offset: float = 0.0,
+    is_neox: bool = True,
+    rotary_dim: Optional[int] = None,
+    offsets: Optional[torch.Tensor] = None,
+    attn_output_gate: bool = False,
+    gated_qkv_layout: str = "interleaved",
+    k_scale: Optional[torch.Tensor] = None,
+    v_scale: Optional[torch.Tensor] = None,
+    kv_cache_layout: str = "NHD",
+    return_kv: bool = True,
+    layer: Optional[int] = None,
+) -> FusedQKVOutput:
+    """Split a packed QKV projection, RMS-normalise Q and K per head, apply RoPE, write K/V to a paged cache.
+
+    One kernel launch; no host synchronisation (CUDA-graph capturable, ``torch.compile(fullgraph=True)``
+    traces it as one opaque op). CPU tensors run the same Triton kernel under Triton's interpreter.
+
+    Shapes (``T`` tokens, ``QH = num_q_heads``, ``KVH = num_kv_heads``, ``D = head_dim``, ``R = rotary_dim``):
+
+    Args:
+        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + 2 * KVH) * D]``, float16/bfloat16/float32;
+            rows may be strided, the last dim must be contiguous. Column layout: Q heads (with gates, see
+            ``gated_qkv_layout``), then K heads, then V heads.
+        q_weight: ``[D]`` RMSNorm weight for Q (float16/bfloat16/float32), or ``None`` for no Q norm.
+        k_weight: ``[D]`` RMSNorm weight for K, or ``None`` for no K norm.
+        cos, sin: ``[max_positions, R/2]`` (half tables) or ``[max_positions, R]`` (full tables as Hugging
+            Face builds them: NeoX halves repeated, GPT-J entries repeated twice; only one copy is read),
+            float32/bfloat16/float16, any strides (``cos_sin_cache[:, :R//2]`` views work as they are).
+        positions: ``[T]`` int32/int64 row of the tables for each token (plus ``offsets``); values
+            outside ``[0, max_positions)`` are clamped to the nearest row.
+        key_cache, value_cache: paged caches, mutated in place. ``kv_cache_layout="NHD"``:
+            ``[num_blocks, block_size, KVH, D]`` (vLLM); ``"HND"``: ``[num_blocks, KVH, block_size, D]``; any
+            strides with a contiguous last dim; optionally a leading layer axis ``[L, ...]`` selected by
+            ``layer``. dtype: the input dtype, or float8_e4m3fn/float8_e5m2 (CUDA) /
+            float8_e4m3fnuz (ROCm gfx942); fp8 values saturate to the finite range.
+        slot_mapping: ``[S]`` int32/int64 with ``S <= T``; token ``t`` is written to slot
+            ``slot_mapping[t] = block * block_size + offset``. Tokens with ``t >= S``, a negative slot or a
+            slot ``>= num_blocks * block_size`` get no cache write.
+        num_q_heads, num_kv_heads, head_dim: head counts (``QH % KVH == 0``) and ``16 <= D <= 512``.
+        eps: RMSNorm epsilon. The norm is ``x * rsqrt(mean(x^2) + eps) * (weight + norm_weight_offset)``
+            in float32.
+        norm_weight_offset: ``0.0`` plain gamma (Qwen3, Llama); ``1.0`` zero-centred gamma (Gemma3, Qwen3-Next).
+        is_neox: NeoX rotation (channel ``i`` pairs with ``i + R/2``) if True, GPT-J (``2i`` with ``2i+1``) if False.
+        rotary_dim: ``R``, even, ``<= D``; the first ``R`` channels rotate, the rest pass through. Default ``D``.
+        offsets: optional ``[T]`` int32/int64 added to ``positions``.
+        attn_output_gate: the Q block holds a gate per Q head (Qwen3-Next).
+        gated_qkv_layout: ``"interleaved"`` (per head ``[q_h | gate_h]``) or ``"blocked"`` (all Q then all gates).
+        k_scale, v_scale: optional float32 tensors of 1 or KVH elements on the device; the cache stores
+            ``k / k_scale`` and ``v / v_scale``.
+        return_kv: return k and v (set False to skip writing them when only the cache needs them).
+        layer: index into a leading layer axis of the caches (Python int), or ``None`` for 4-D caches.
+
+    Returns:
+        :class:`FusedQKVOutput` ``(q, gate, k, v)`` as described there.
+
+    Raises:
+        TypeError / ValueError naming the argument, for any invalid shape, dtype, layout, device or value.
+    """
+    q, gate, k, v = torch.ops.fused_qkv.split_qk_norm_rope_cache(
+        qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+        num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+        gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
+    return FusedQKVOutput(q, gate if attn_output_gate else None, k if return_kv else None,
+                          v if return_kv else None)
