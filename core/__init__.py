@@ -12,6 +12,7 @@ from .spec import (
     SCALAR_NAMES,
     ArrayInfo,
     LaunchPlan,
+    check_config,
     check_layer,
     ordered_args,
     plan_launch,
@@ -27,5 +28,6 @@ def get_kernel(interpret: bool):
 
 __all__ = [
     "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OracleResult", "SCALAR_NAMES",
-    "check_layer", "format_quantum", "get_kernel", "ordered_args", "plan_launch", "reference", "round_to_format",
+    "check_config", "check_layer", "format_quantum", "get_kernel", "ordered_args", "plan_launch", "reference",
+    "round_to_format",
 ]

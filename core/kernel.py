@@ -68,6 +68,32 @@ def _to_storage(x, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.conste
 
 
 @triton.jit
+def _fp8_bits(r, MBITS: tl.constexpr, EMIN: tl.constexpr):
+    """uint8 encoding of ``r``, already on the fp8 grid and in range (exponent bias ``1 - EMIN``)."""
+    bits = r.to(tl.uint32, bitcast=True)
+    sign = (bits >> 31) & 1
+    exp = ((bits >> 23) & 0xFF).to(tl.int32) - 127
+    normal = exp >= EMIN
+    e_field = tl.where(normal, exp + 1 - EMIN, 0).to(tl.uint32)
+    mant_normal = (bits >> (23 - MBITS)) & ((1 << MBITS) - 1)
+    mant_sub = (tl.abs(r) * (2.0 ** (MBITS - EMIN))).to(tl.uint32)  # exact: r is a multiple of 2**(EMIN-MBITS)
+    code = (sign << 7) | (e_field << MBITS) | tl.where(normal, mant_normal, mant_sub)
+    return code.to(tl.uint8)
+
+
+@triton.jit
+def _store_converted(ptr, x, mask, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr):
+    """Store fp32 ``x`` as ``OUT_DTYPE``. SOFT_FP8: encode fp8 bits in integer arithmetic (used only under
+    Triton's interpreter, which has no float8_e4m3fnuz type); otherwise the target's own exact cast."""
+    if SOFT_FP8:
+        bits = _fp8_bits(_round_fp8(x, MBITS, EMIN, MAXV), MBITS, EMIN)
+        tl.store(ptr.to(tl.pointer_type(tl.uint8), bitcast=True), bits, mask=mask)
+    else:
+        tl.store(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV), mask=mask)
+
+
+@triton.jit
 def _rms_scale(a, b, p, HEAD_DIM: tl.constexpr, eps):
     """Per-row 1/rms over the three channel groups (masked lanes hold 0)."""
     # tl.reduce with the standard sum combiner rather than tl.sum: tl.sum is a @jit function
@@ -90,12 +116,12 @@ def _store_head(
     a, b, p,
     a_offs, b_offs, p_offs, half_mask, pass_mask,
     HAS_PASS: tl.constexpr,
-    OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr,
+    OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr, SOFT_FP8: tl.constexpr,
 ):
-    tl.store(base + a_offs, _to_storage(a, OUT_DTYPE, MBITS, EMIN, MAXV), mask=row_mask & half_mask)
-    tl.store(base + b_offs, _to_storage(b, OUT_DTYPE, MBITS, EMIN, MAXV), mask=row_mask & half_mask)
+    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8)
+    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8)
     if HAS_PASS:
-        tl.store(base + p_offs, _to_storage(p, OUT_DTYPE, MBITS, EMIN, MAXV), mask=row_mask & pass_mask)
+        _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8)
 
 
 @triton.jit
@@ -140,6 +166,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     K_SCALE_MODE: tl.constexpr, V_SCALE_MODE: tl.constexpr,  # 0 none, 1 per tensor, 2 per KV head
     K_MBITS: tl.constexpr, K_EMIN: tl.constexpr, K_MAXV: tl.constexpr,  # K_MBITS 0: cache is not fp8
     V_MBITS: tl.constexpr, V_EMIN: tl.constexpr, V_MAXV: tl.constexpr,
+    K_SOFT_FP8: tl.constexpr, V_SOFT_FP8: tl.constexpr,  # interpreter only: no fnuz type there
     QKV_ROW_STRIDE: tl.constexpr, POS_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, SLOT_STRIDE: tl.constexpr,
     COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
     SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr,
@@ -151,6 +178,10 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_PASS: tl.constexpr,
 ):
+    if K_SOFT_FP8:
+        key_cache_ptr = key_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
+    if V_SOFT_FP8:
+        value_cache_ptr = value_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
     pid = tl.program_id(0)
     head = pid % NUM_HEAD_PROGS
     tblock = pid // NUM_HEAD_PROGS
@@ -222,13 +253,13 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         if is_q:
             dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
             _store_head(dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                        HAS_PASS, in_dtype, 0, 0, 0.0)
+                        HAS_PASS, in_dtype, 0, 0, 0.0, False)
         else:
             kh = head - NUM_Q_HEADS
             if RETURN_KV:
                 dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
                 _store_head(dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                            HAS_PASS, in_dtype, 0, 0, 0.0)
+                            HAS_PASS, in_dtype, 0, 0, 0.0, False)
             slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
                                              num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
                                              KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
@@ -240,7 +271,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 p = p / ks
             _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
                         a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
-                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV)
+                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8)
     elif head < V_END:
         # ---------------- V head: copy + cache write ----------------
         vh = head - K_END
@@ -253,14 +284,14 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                                          VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
         cache_off = slot_base + vh * VC_HEAD_STRIDE
         cache_dtype = value_cache_ptr.dtype.element_ty
+        dst = value_cache_ptr + cache_off[:, None] + d[None, :]
         if V_SCALE_MODE == 0 and V_MBITS == 0:
-            y = x.to(cache_dtype)  # the cache has the input dtype: an exact copy
+            tl.store(dst, x.to(cache_dtype), mask=slot_ok[:, None] & d_mask)  # same dtype: an exact copy
         else:
             xf = x.to(tl.float32)
             if V_SCALE_MODE != 0:
                 xf = xf / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
-            y = _to_storage(xf, cache_dtype, V_MBITS, V_EMIN, V_MAXV)
-        tl.store(value_cache_ptr + cache_off[:, None] + d[None, :], y, mask=slot_ok[:, None] & d_mask)
+            _store_converted(dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV, V_SOFT_FP8)
     else:
         if HAS_GATE:
             # ---------------- gate head: plain copy ----------------

@@ -55,6 +55,9 @@ TARGET_FP8 = {
     "hip:gfx950": ("float8_e4m3fn", "float8_e5m2"),
 }
 
+# Triton's interpreter has no IR type for fnuz fp8: there the kernel encodes the bits itself.
+SOFT_FP8_ON_INTERPRETER = ("float8_e4m3fnuz",)
+
 LAYOUTS = ("NHD", "HND")
 GATE_LAYOUTS = ("interleaved", "blocked")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 512
@@ -152,6 +155,32 @@ def _check_vector(name, arr: ArrayInfo, length, dtypes, *, exact=True):
         raise ValueError(f"{name} must have {'' if exact else 'at most '}{length} entries (num tokens), got {n}")
 
 
+def check_config(*, num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
+                 attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv) -> int:
+    """Validate the non-array arguments; returns the effective rotary_dim."""
+    _check_positive_int("num_q_heads", num_q_heads)
+    _check_positive_int("num_kv_heads", num_kv_heads)
+    _check_positive_int("head_dim", head_dim, MIN_HEAD_DIM, MAX_HEAD_DIM)
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    if rotary_dim is None:
+        rotary_dim = head_dim
+    _check_positive_int("rotary_dim", rotary_dim, 2, head_dim)
+    if rotary_dim % 2:
+        raise ValueError(f"rotary_dim must be even, got {rotary_dim}")
+    _check_float("eps", eps, nonneg=True)
+    _check_float("norm_weight_offset", norm_weight_offset)
+    for name, flag in (("is_neox", is_neox), ("attn_output_gate", attn_output_gate), ("return_kv", return_kv)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if gated_qkv_layout not in GATE_LAYOUTS:
+        raise ValueError(f"gated_qkv_layout must be one of {list(GATE_LAYOUTS)}, got {gated_qkv_layout!r}")
+    if kv_cache_layout not in LAYOUTS:
+        raise ValueError(f"kv_cache_layout must be one of {list(LAYOUTS)}, got {kv_cache_layout!r}")
+
+    return rotary_dim
+
+
 def plan_launch(
     qkv: ArrayInfo,
     q_weight: Optional[ArrayInfo],
@@ -188,26 +217,11 @@ def plan_launch(
     ``target``: ``"interpreter"``, ``"cuda"``, ``"hip:gfx942"`` or ``"hip:gfx950"``; decides
     which fp8 cache dtypes are allowed and the tile heuristics.
     """
-    # ---- static configuration ----
-    _check_positive_int("num_q_heads", num_q_heads)
-    _check_positive_int("num_kv_heads", num_kv_heads)
-    _check_positive_int("head_dim", head_dim, MIN_HEAD_DIM, MAX_HEAD_DIM)
-    if num_q_heads % num_kv_heads:
-        raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-    if rotary_dim is None:
-        rotary_dim = head_dim
-    _check_positive_int("rotary_dim", rotary_dim, 2, head_dim)
-    if rotary_dim % 2:
-        raise ValueError(f"rotary_dim must be even, got {rotary_dim}")
-    _check_float("eps", eps, nonneg=True)
-    _check_float("norm_weight_offset", norm_weight_offset)
-    for name, flag in (("is_neox", is_neox), ("attn_output_gate", attn_output_gate), ("return_kv", return_kv)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if gated_qkv_layout not in GATE_LAYOUTS:
-        raise ValueError(f"gated_qkv_layout must be one of {list(GATE_LAYOUTS)}, got {gated_qkv_layout!r}")
-    if kv_cache_layout not in LAYOUTS:
-        raise ValueError(f"kv_cache_layout must be one of {list(LAYOUTS)}, got {kv_cache_layout!r}")
+    rotary_dim = check_config(
+        num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+        norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
+        attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout, kv_cache_layout=kv_cache_layout,
+        return_kv=return_kv)
     if target not in TARGET_FP8:
         raise ValueError(f"target must be one of {list(TARGET_FP8)}, got {target!r}")
 
@@ -324,11 +338,10 @@ def plan_launch(
         scale_modes[name] = 1 if sc.numel == 1 else 2
 
     # ---- overlaps: outputs written in place must not alias any other argument ----
-    spans = {"qkv": qkv.byte_span(), "key_cache": key_cache.byte_span(), "value_cache": value_cache.byte_span()}
-    if spans["key_cache"] and spans["value_cache"] and _overlap(spans["key_cache"], spans["value_cache"]):
+    if _may_share_elements(key_cache, value_cache):
         raise ValueError("key_cache and value_cache must not overlap in memory")
-    for cname in ("key_cache", "value_cache"):
-        if spans[cname] and spans["qkv"] and _overlap(spans[cname], spans["qkv"]):
+    for cname, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if _may_share_elements(cache, qkv):
             raise ValueError(f"{cname} must not overlap qkv in memory")
 
     # ---- constexprs ----
@@ -368,6 +381,8 @@ def plan_launch(
         HAS_LAYER=has_layer, HAS_GATE=attn_output_gate, RETURN_KV=return_kv,
         K_SCALE_MODE=scale_modes["k_scale"], V_SCALE_MODE=scale_modes["v_scale"],
         K_MBITS=k_mbits, K_EMIN=k_emin, K_MAXV=k_max, V_MBITS=v_mbits, V_EMIN=v_emin, V_MAXV=v_max,
+        K_SOFT_FP8=target == "interpreter" and key_cache.dtype in SOFT_FP8_ON_INTERPRETER,
+        V_SOFT_FP8=target == "interpreter" and value_cache.dtype in SOFT_FP8_ON_INTERPRETER,
         QKV_ROW_STRIDE=qkv.strides[0], POS_STRIDE=positions.strides[0],
         OFF_STRIDE=offsets.strides[0] if offsets is not None else 0, SLOT_STRIDE=slot_mapping.strides[0],
         COS_ROW_STRIDE=cos.strides[0], COS_COL_STRIDE=cos.strides[1],
@@ -426,8 +441,32 @@ def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32
     return block_t, num_warps
 
 
-def _overlap(a, b) -> bool:
-    return a[0] < b[1] and b[0] < a[1]
+def _may_share_elements(a: ArrayInfo, b: ArrayInfo) -> bool:
+    """Whether two arrays may touch the same bytes (False when their pointers are unknown).
+
+    Exact for two views with the same shape, strides and dtype whose strides nest (each
+    stride at least the extent of the smaller ones), like vLLM's ``kv_cache[:, 0]`` and
+    ``kv_cache[:, 1]``; otherwise conservative (byte ranges overlap).
+    """
+    sa, sb = a.byte_span(), b.byte_span()
+    if sa is None or sb is None or not (sa[0] < sb[1] and sb[0] < sa[1]):
+        return False
+    if (a.shape, a.strides, a.dtype) != (b.shape, b.strides, b.dtype):
+        return True
+    size = ITEMSIZE.get(a.dtype, 1)
+    delta, rem = divmod(b.data_ptr - a.data_ptr, size)
+    if rem:
+        return True
+    dims = sorted((st, n) for n, st in zip(a.shape, a.strides, strict=True) if n > 1)
+    extent = 1
+    for st, n in dims:  # nesting check, smallest stride first
+        if st < extent:
+            return True
+        extent = st * (n - 1) + extent
+    for st, n in reversed(dims):  # unique mixed-radix digits of delta
+        digit = max(-(n - 1), min(n - 1, int(delta / st)))
+        delta -= digit * st
+    return delta == 0
 
 
 def _layout_str(layout: str) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_layer, get_kernel, ordered_args, plan_launch
+from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
+_REQUIRED = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
 
 
 class FusedQKVOutput(NamedTuple):
@@ -57,7 +58,7 @@ def _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, 
     tensors = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets,
                k_scale, v_scale)
     infos = dict(zip(names, (_info(t, n, with_ptr) for t, n in zip(tensors, names, strict=True)), strict=True))
-    for required in ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping"):
+    for required in _REQUIRED:
         if infos[required] is None:
             raise TypeError(f"{required} must be a torch.Tensor, got None")
     target = _target(qkv.device)
@@ -91,6 +92,11 @@ def _outputs(plan, qkv):
     return {n: alloc(n) for n in ("q", "gate", "k", "v")}
 
 
+def _with_placeholders(outs, qkv):
+    # a custom op returns tensors, never None: absent outputs become distinct empty tensors
+    return tuple(outs[n] if outs[n] is not None else qkv.new_empty(0) for n in ("q", "gate", "k", "v"))
+
+
 @torch.library.custom_op(OP_NAME, mutates_args=("key_cache", "value_cache"))
 def _fused_op(
     qkv: torch.Tensor, q_weight: Optional[torch.Tensor], k_weight: Optional[torch.Tensor], cos: torch.Tensor,
@@ -116,8 +122,7 @@ def _fused_op(
                 kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
         else:
             kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
-    empty = qkv.new_empty(0)
-    return tuple(outs[n] if outs[n] is not None else empty for n in ("q", "gate", "k", "v"))
+    return _with_placeholders(outs, qkv)
 
 
 @_fused_op.register_fake
@@ -129,8 +134,7 @@ def _fused_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, valu
                     head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
                     gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr=False)
     outs = _outputs(plan, qkv)
-    empty = qkv.new_empty(0)
-    return tuple(outs[n] if outs[n] is not None else empty for n in ("q", "gate", "k", "v"))
+    return _with_placeholders(outs, qkv)
 
 
 def fused_qkv_split_qk_norm_rope_cache(
@@ -206,6 +210,18 @@ def fused_qkv_split_qk_norm_rope_cache(
     Raises:
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout, device or value.
     """
+    check_config(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+                 norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
+                 attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
+                 kv_cache_layout=kv_cache_layout, return_kv=return_kv)
+    for name, t in (("qkv", qkv), ("q_weight", q_weight), ("k_weight", k_weight), ("cos", cos), ("sin", sin),
+                    ("positions", positions), ("key_cache", key_cache), ("value_cache", value_cache),
+                    ("slot_mapping", slot_mapping), ("offsets", offsets), ("k_scale", k_scale),
+                    ("v_scale", v_scale)):
+        if not (t is None or isinstance(t, torch.Tensor)) or (t is None and name in _REQUIRED):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
+        raise TypeError(f"layer must be None or a Python int, got {type(layer).__name__}")
     q, gate, k, v = torch.ops.fused_qkv.split_qk_norm_rope_cache(
         qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
         num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,

@@ -1,0 +1,297 @@
+"""Shared test machinery: build a case, run a frontend, check it against the float64 oracle.
+
+Checks (``check_against_oracle``):
+- every element of q, k (and of every addressed cache entry, dequantised) is the float64
+  oracle value correctly rounded to its storage dtype: ``|x - exact| <= ulp(exact)/2 + delta``,
+  ``delta = 2**-16 * max|exact|`` covering the kernel's fp32 arithmetic (orders of magnitude
+  below half an ulp of bf16/fp16/fp8). For fp8 the exact value is first saturated.
+- gate and v are bit-exact copies of their qkv columns;
+- every cache slot that no token addresses is bit-identical to the poison written before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import torch
+from fused_qkv.core import format_quantum, reference
+
+TORCH_DTYPES = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
+    "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    T: int = 7
+    QH: int = 4
+    KVH: int = 2
+    D: int = 64
+    dtype: str = "bfloat16"
+    eps: float = 1e-6
+    offset: float = 0.0  # norm_weight_offset
+    is_neox: bool = True
+    rotary_dim: Optional[int] = None
+    table: str = "half"  # half | full | vllm_view
+    table_dtype: str = "float32"
+    with_offsets: bool = False
+    gate: Optional[str] = None  # None | interleaved | blocked
+    layout: str = "NHD"
+    cache_dtype: Optional[str] = None  # None: the input dtype
+    scale: str = "none"  # none | tensor | head
+    slots: str = "random"  # random | negative | out_of_range | short | boundary
+    index_dtype: str = "int64"
+    row_pad: int = 0  # extra columns per qkv row (strided rows)
+    block_size: int = 4
+    num_blocks: int = 6
+    q_norm: bool = True
+    k_norm: bool = True
+    return_kv: bool = True
+    layers: Optional[int] = None  # caches [L, ...] with layer=L-1
+    cache_view: bool = False  # caches are views into one [num_blocks, 2, ...] allocation
+    qkv_scale: float = 1.0  # magnitude of qkv values
+    pos_out_of_range: bool = False
+    max_positions: int = 40
+    seed: int = 0
+
+    @property
+    def R(self):
+        return self.D if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def width(self):
+        return (self.QH * (2 if self.gate else 1) + 2 * self.KVH) * self.D
+
+    def id(self):
+        default = Case()
+        return "-".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                        if getattr(self, f.name) != getattr(default, f.name)) or "default"
+
+
+def rope_tables(case: Case, gen: torch.Generator):
+    """cos/sin tables in the case's format, from random-ish frequencies (never all zero)."""
+    half = case.R // 2
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) * 2 / case.R))
+    ang = torch.arange(case.max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    ang = ang + torch.rand(ang.shape, generator=gen, dtype=torch.float64) * 0.1  # break symmetry
+    cos, sin = ang.cos(), ang.sin()
+    tdt = TORCH_DTYPES[case.table_dtype]
+    if case.table == "half":
+        return cos.to(tdt), sin.to(tdt)
+    if case.table == "full":
+        if case.is_neox:
+            return torch.cat([cos, cos], -1).to(tdt), torch.cat([sin, sin], -1).to(tdt)
+        return cos.repeat_interleave(2, -1).to(tdt), sin.repeat_interleave(2, -1).to(tdt)
+    if case.table == "vllm_view":  # one [P, R] cache: cos in the first half, sin in the second
+        cache = torch.cat([cos, sin], -1).to(tdt)
+        return cache[:, :half], cache[:, half:]
+    raise ValueError(case.table)
+
+
+def poison(shape, dtype, gen):
+    """Random bytes (NaNs included for fp8): untouched slots are compared bit for bit."""
+    nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (nbytes,), generator=gen, dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def make_inputs(case: Case, device="cpu"):
+    gen = torch.Generator().manual_seed(case.seed)
+    dt = TORCH_DTYPES[case.dtype]
+    T, QH, KVH, D = case.T, case.QH, case.KVH, case.D
+    full = torch.randn(T, case.width + case.row_pad, generator=gen, dtype=torch.float64) * case.qkv_scale
+    full = full + 0.25  # nonzero mean: a missing norm or offset shows
+    qkv = full.to(dt)[:, :case.width]
+    if case.offset == 1.0:  # zero-centred gamma: small weights around 0
+        wq = torch.randn(D, generator=gen, dtype=torch.float64) * 0.3
+        wk = torch.randn(D, generator=gen, dtype=torch.float64) * 0.3
+    else:
+        wq = torch.rand(D, generator=gen, dtype=torch.float64) + 0.5
+        wk = torch.rand(D, generator=gen, dtype=torch.float64) + 0.5
+    q_weight = wq.to(dt) if case.q_norm else None
+    k_weight = wk.to(dt) if case.k_norm else None
+    cos, sin = rope_tables(case, gen)
+    idt = getattr(torch, case.index_dtype)
+    lo, hi = (-15, case.max_positions + 15) if case.pos_out_of_range else (0, case.max_positions)
+    if case.with_offsets:
+        positions = torch.randint(lo, hi // 2, (T,), generator=gen).to(idt)
+        offsets = torch.randint(0, hi // 2, (T,), generator=gen).to(idt)
+    else:
+        positions = torch.randint(lo, hi, (T,), generator=gen).to(idt)
+        offsets = None
+
+    n_slots = case.num_blocks * case.block_size
+    perm = torch.randperm(n_slots, generator=gen)
+    if T > n_slots:
+        raise ValueError("case has more tokens than cache slots")
+    slots = perm[:T].clone()
+    if case.slots == "negative":
+        slots[::3] = -1
+        slots[1] = -7
+    elif case.slots == "out_of_range":
+        slots[::2] = n_slots + torch.arange(len(slots[::2]))  # n_slots, n_slots+1, ...
+        slots[-1] = 2**40 if case.index_dtype == "int64" else 2**31 - 1
+    elif case.slots == "short":
+        slots = slots[: max(1, T // 2)]
+    elif case.slots == "boundary":  # first and last slot of blocks
+        b = torch.randperm(case.num_blocks, generator=gen)
+        cand = torch.stack([b * case.block_size, b * case.block_size + case.block_size - 1], 1).reshape(-1)
+        slots = cand[:T].clone()
+    slot_mapping = slots.to(idt)
+
+    cdt = TORCH_DTYPES[case.cache_dtype or case.dtype]
+    if case.layout == "NHD":
+        page = (case.num_blocks, case.block_size, KVH, D)
+    else:
+        page = (case.num_blocks, KVH, case.block_size, D)
+    if case.cache_view:
+        both = poison((case.num_blocks, 2) + page[1:], cdt, gen)
+        key_cache, value_cache = both[:, 0], both[:, 1]
+    elif case.layers:
+        key_cache = poison((case.layers,) + page, cdt, gen)
+        value_cache = poison((case.layers,) + page, cdt, gen)
+    else:
+        key_cache, value_cache = poison(page, cdt, gen), poison(page, cdt, gen)
+
+    k_scale = v_scale = None
+    if case.scale == "tensor":
+        k_scale = torch.tensor([0.37], dtype=torch.float32)
+        v_scale = torch.tensor([1.9], dtype=torch.float32)
+    elif case.scale == "head":
+        k_scale = (torch.rand(KVH, generator=gen) + 0.2).float()
+        v_scale = (torch.rand(KVH, generator=gen) * 2 + 0.2).float()
+
+    args = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
+                key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
+    kwargs = dict(num_q_heads=QH, num_kv_heads=KVH, head_dim=D, eps=case.eps, norm_weight_offset=case.offset,
+                  is_neox=case.is_neox, rotary_dim=case.rotary_dim, offsets=offsets,
+                  attn_output_gate=case.gate is not None, gated_qkv_layout=case.gate or "interleaved",
+                  k_scale=k_scale, v_scale=v_scale, kv_cache_layout=case.layout, return_kv=case.return_kv)
+    if case.layers:
+        kwargs["layer"] = case.layers - 1
+    if device != "cpu":
+        args = {k: (v.to(device) if v is not None else None) for k, v in args.items()}
+        kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        if case.cache_view:  # keep the two caches views of one allocation on the device too
+            both = torch.stack([args["key_cache"], args["value_cache"]], 1)
+            args["key_cache"], args["value_cache"] = both[:, 0], both[:, 1]
+    return args, kwargs
+
+
+def np64(t):
+    return None if t is None else t.detach().cpu().to(torch.float64).numpy()
+
+
+def oracle_for(case: Case, args, kwargs):
+    kc = args["key_cache"]
+    n_slots = case.num_blocks * case.block_size
+    return reference(
+        np64(args["qkv"]), np64(args["q_weight"]), np64(args["k_weight"]), np64(args["cos"]), np64(args["sin"]),
+        args["positions"].cpu().numpy(), args["slot_mapping"].cpu().numpy(),
+        num_q_heads=case.QH, num_kv_heads=case.KVH, head_dim=case.D, num_cache_slots=n_slots,
+        key_cache_dtype=str(kc.dtype).removeprefix("torch."),
+        value_cache_dtype=str(args["value_cache"].dtype).removeprefix("torch."),
+        eps=case.eps, norm_weight_offset=case.offset, is_neox=case.is_neox, rotary_dim=case.rotary_dim,
+        offsets=None if kwargs["offsets"] is None else kwargs["offsets"].cpu().numpy(),
+        attn_output_gate=case.gate is not None, gated_qkv_layout=case.gate or "interleaved",
+        k_scale=np64(kwargs["k_scale"]), v_scale=np64(kwargs["v_scale"]),
+    )
+
+
+def assert_rounded(actual, exact, dtype: str, what: str):
+    """``actual`` (float64) is ``exact`` correctly rounded to ``dtype``, up to fp32 arithmetic noise."""
+    actual = np.asarray(actual, np.float64)
+    exact = np.asarray(exact, np.float64)
+    assert actual.shape == exact.shape, f"{what}: shape {actual.shape} != {exact.shape}"
+    assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
+    if dtype.startswith("float8"):
+        from fused_qkv.core import FP8_FORMATS
+
+        m = FP8_FORMATS[dtype].max_finite
+        exact = np.clip(exact, -m, m)
+    delta = 2.0**-16 * (np.abs(exact).max() if exact.size else 0.0)
+    tol = 0.5 * format_quantum(exact, dtype) + delta
+    err = np.abs(actual - exact)
+    bad = err > tol
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} of {bad.size} elements off by more than half an ulp of {dtype}; "
+        f"worst err {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}, tol there "
+        f"{tol.flat[err.argmax()]:.3g}")
+
+
+def cache_entries(cache, slot, case: Case):
+    """[KVH, D] entry of ``slot`` in a (possibly layered) cache."""
+    if case.layers:
+        cache = cache[case.layers - 1]
+    b, o = slot // case.block_size, slot % case.block_size
+    return cache[b, o] if case.layout == "NHD" else cache[b, :, o]
+
+
+def written_mask(cache, slots, case: Case):
+    """Boolean mask over the cache's elements: True where some token writes."""
+    mask = torch.zeros(cache.shape, dtype=torch.bool)
+    target = mask[case.layers - 1] if case.layers else mask
+    for s in slots:
+        if s >= 0:
+            b, o = s // case.block_size, s % case.block_size
+            if case.layout == "NHD":
+                target[b, o] = True
+            else:
+                target[b, :, o] = True
+    return mask
+
+
+def as_bytes(t):
+    t = t.detach().cpu()
+    return t.contiguous().view(torch.uint8) if t.element_size() == 1 else t.contiguous().view(torch.int16 if
+                                                                                            t.element_size() == 2
+                                                                                            else torch.int32)
+
+
+def check_against_oracle(case: Case, args, kwargs, out, kc_before, vc_before, kc_after, vc_after):
+    ref = oracle_for(case, args, kwargs)
+    in_dtype = case.dtype
+    assert out.q.dtype == TORCH_DTYPES[in_dtype] and tuple(out.q.shape) == (case.T, case.QH, case.D)
+    assert_rounded(np64(out.q), ref.q, in_dtype, "q")
+
+    qkv = args["qkv"].detach().cpu()
+    if case.gate:
+        assert out.gate is not None and tuple(out.gate.shape) == (case.T, case.QH, case.D)
+        assert torch.equal(as_bytes(out.gate), as_bytes(torch.from_numpy(ref.gate).to(qkv.dtype))), "gate"
+    else:
+        assert out.gate is None
+    if case.return_kv:
+        assert tuple(out.k.shape) == (case.T, case.KVH, case.D) and out.k.dtype == TORCH_DTYPES[in_dtype]
+        assert_rounded(np64(out.k), ref.k, in_dtype, "k")
+        assert torch.equal(as_bytes(out.v), as_bytes(torch.from_numpy(ref.v).to(qkv.dtype))), "v is not a copy"
+    else:
+        assert out.k is None and out.v is None
+
+    # addressed slots hold the expected values
+    for name, cache, exact in (("key_cache", kc_after, ref.exact_key_cache),
+                               ("value_cache", vc_after, ref.exact_value_cache)):
+        cdt = str(cache.dtype).removeprefix("torch.")
+        idx = [t for t in range(case.T) if ref.slots[t] >= 0]
+        if idx:
+            got = np.stack([np64(cache_entries(cache.cpu(), int(ref.slots[t]), case)) for t in idx])
+            assert_rounded(got, exact[idx], cdt, f"{name}[written slots]")
+    # every other slot is bit-identical to the poison
+    for name, before, after in (("key_cache", kc_before, kc_after), ("value_cache", vc_before, vc_after)):
+        mask = written_mask(before, ref.slots, case)
+        b, a = as_bytes(before), as_bytes(after.cpu())
+        assert torch.equal(b[~mask], a[~mask]), f"{name}: a slot no token addresses was modified"
+    return ref
+
+
+def run_torch(case: Case, device="cpu"):
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache
+
+    args, kwargs = make_inputs(case, device)
+    kc_before, vc_before = args["key_cache"].detach().cpu().clone(), args["value_cache"].detach().cpu().clone()
+    out = fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
+    check_against_oracle(case, args, kwargs, out, kc_before, vc_before, args["key_cache"], args["value_cache"])
+    return out

@@ -1,0 +1,115 @@
+"""The torch entrypoint against the float64 oracle: an explicit case list that covers every flag of the contract.
+
+Runs on whatever device ``FUSED_QKV_TEST_DEVICE`` names (default: cpu, under Triton's
+interpreter; on a GPU machine ``cuda`` runs the compiled kernel).
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import Case, make_inputs, run_torch
+
+C = Case
+CASES = [
+    C(),  # bf16, GQA 4/2, D=64, NeoX, half tables, NHD, plain gamma
+    C(dtype="float16", offset=1.0),  # zero-centred gamma (Gemma3 / Qwen3-Next)
+    C(dtype="float32", eps=1e-5),
+    C(is_neox=False),  # GPT-J pairs, half table
+    C(is_neox=False, table="full"),  # GPT-J full table (entries repeated twice)
+    C(table="full", table_dtype="bfloat16"),  # NeoX full table (halves repeated), bf16 table
+    C(table="vllm_view", table_dtype="float16"),  # cos_sin_cache[:, :R/2] / [:, R/2:] views, strided rows
+    C(rotary_dim=32),  # partial rotary, NeoX
+    C(rotary_dim=48, is_neox=False, table="full"),  # partial rotary, GPT-J, full table
+    C(with_offsets=True, index_dtype="int32"),  # positions + offsets, int32 indices
+    C(with_offsets=True, index_dtype="int64", T=9),
+    C(gate="interleaved", offset=1.0, rotary_dim=16),  # Qwen3-Next style
+    C(gate="blocked"),
+    C(layout="HND"),
+    C(layout="HND", gate="interleaved", is_neox=False, T=11),
+    C(cache_dtype="float8_e4m3fn", scale="tensor"),
+    C(cache_dtype="float8_e4m3fn", scale="head", layout="HND"),
+    C(cache_dtype="float8_e5m2", scale="head"),
+    C(cache_dtype="float8_e5m2"),  # fp8 without scales
+    C(cache_dtype="float8_e4m3fnuz", scale="tensor", dtype="float16"),
+    C(cache_dtype="float8_e4m3fn", scale="tensor", qkv_scale=300.0),  # saturation: |k/scale|, |v/scale| > 448
+    C(scale="head"),  # bf16 cache holding k / k_scale
+    C(slots="negative"),
+    C(slots="out_of_range"),
+    C(slots="out_of_range", index_dtype="int32"),
+    C(slots="short", index_dtype="int32"),
+    C(slots="boundary", T=8, block_size=16, num_blocks=5),
+    C(D=80, QH=2, KVH=1),  # non-power-of-two head dims
+    C(D=96, QH=3, KVH=3, T=5),  # MHA
+    C(D=192, QH=2, KVH=1, rotary_dim=64),
+    C(D=16, QH=8, KVH=1, T=3),  # MQA, smallest head_dim
+    C(D=512, QH=2, KVH=1, T=3, num_blocks=3),  # largest head_dim
+    C(D=128, QH=8, KVH=8, T=13, block_size=16, num_blocks=2),
+    C(row_pad=24),  # strided qkv rows
+    C(q_norm=False),
+    C(k_norm=False, q_norm=False),
+    C(return_kv=False, cache_dtype="float8_e4m3fn", scale="tensor"),
+    C(layers=3),  # caches [L, ...], layer=L-1
+    C(layers=2, layout="HND", cache_dtype="float8_e5m2"),
+    C(cache_view=True),  # caches are strided views of one [blocks, 2, ...] allocation
+    C(cache_view=True, layout="HND", gate="blocked"),
+    C(T=1),  # decode
+    C(T=1, D=256, QH=4, KVH=1, gate="interleaved", offset=1.0, rotary_dim=64),  # Qwen3-Next decode
+    C(pos_out_of_range=True),  # positions clamped to the table
+    C(pos_out_of_range=True, with_offsets=True, index_dtype="int32"),
+    C(T=24, block_size=8, num_blocks=4, seed=3),  # more tokens than one tile
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id())
+def test_matches_oracle(case):
+    run_torch(case, DEVICE)
+
+
+def test_cases_cover_every_flag():
+    """Guard against the case list losing coverage when edited."""
+    seen = {f.name: {getattr(c, f.name) for c in CASES} for f in dataclasses.fields(Case)}
+    assert seen["is_neox"] == {True, False}
+    assert seen["table"] == {"half", "full", "vllm_view"}
+    assert seen["gate"] == {None, "interleaved", "blocked"}
+    assert seen["layout"] == {"NHD", "HND"}
+    assert {"float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", None} <= seen["cache_dtype"]
+    assert seen["scale"] == {"none", "tensor", "head"}
+    assert seen["slots"] >= {"random", "negative", "out_of_range", "short", "boundary"}
+    assert seen["index_dtype"] == {"int32", "int64"}
+    assert seen["dtype"] == {"bfloat16", "float16", "float32"}
+    assert seen["offset"] == {0.0, 1.0}
+    assert {80, 96, 192} <= seen["D"]
+    assert seen["with_offsets"] == seen["return_kv"] == seen["q_norm"] == {True, False}
+    assert any(c.rotary_dim for c in CASES) and any(c.row_pad for c in CASES)
+    assert any(c.QH == c.KVH for c in CASES) and any(c.KVH == 1 for c in CASES)
+
+
+def test_second_call_overwrites_and_keeps_other_slots():
+    """Two calls into the same cache: the second writes only its own slots."""
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+
+    case = C(T=5, seed=11)
+    args, kwargs = make_inputs(case, DEVICE)
+    op(**args, **kwargs)
+    after_first = [args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()]
+    args2, kwargs2 = make_inputs(dataclasses.replace(case, seed=12), DEVICE)
+    args2["key_cache"], args2["value_cache"] = args["key_cache"], args["value_cache"]
+    from helpers import check_against_oracle
+
+    out = op(**args2, **kwargs2)
+    check_against_oracle(case, args2, kwargs2, out, after_first[0], after_first[1], args["key_cache"],
+                         args["value_cache"])
+
+
+def test_empty_batch_is_a_no_op():
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+
+    args, kwargs = make_inputs(C(T=3), DEVICE)
+    before = args["key_cache"].clone()
+    for k in ("qkv", "positions", "slot_mapping"):
+        args[k] = args[k][:0]
+    out = op(**args, **kwargs)
+    assert out.q.shape == (0, 4, 64) and out.k.shape == (0, 2, 64)
+    assert torch.equal(before.view(torch.int16), args["key_cache"].view(torch.int16))

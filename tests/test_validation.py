@@ -1,0 +1,139 @@
+"""Every bad input raises TypeError/ValueError naming the argument, and nothing is written to the caches."""
+
+import pytest
+import torch
+from conftest import DEVICE
+from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+from helpers import Case, make_inputs
+
+
+def _set(key, value):
+    def mutate(args, kwargs):
+        (args if key in args else kwargs)[key] = value(args, kwargs) if callable(value) else value
+    return mutate
+
+
+def _dt(key, dtype):
+    return _set(key, lambda a, k: (a if key in a else k)[key].to(dtype))
+
+
+BAD = [
+    # (id, mutation, exception, text that must appear in the message)
+    ("qkv_rank", _set("qkv", lambda a, k: a["qkv"][None]), ValueError, "qkv must be 2-D"),
+    ("qkv_width", _set("qkv", lambda a, k: a["qkv"][:, :-64]), ValueError, "qkv must have width"),
+    ("qkv_dtype", _dt("qkv", torch.float64), TypeError, "qkv must have dtype"),
+    ("qkv_int", _dt("qkv", torch.int32), TypeError, "qkv must have dtype"),
+    ("qkv_not_tensor", _set("qkv", lambda a, k: a["qkv"].tolist()), TypeError, "qkv must be a torch.Tensor"),
+    ("qkv_col_stride", _set("qkv", lambda a, k: a["qkv"].t().contiguous().t()), ValueError, "qkv must be contiguous"),
+    ("heads_divide", _set("num_kv_heads", 3), ValueError, "multiple of num_kv_heads"),
+    ("heads_zero", _set("num_q_heads", 0), ValueError, "num_q_heads"),
+    ("heads_type", _set("num_q_heads", 4.0), TypeError, "num_q_heads must be an int"),
+    ("head_dim_small", _set("head_dim", 8), ValueError, "head_dim must be in [16, 512]"),
+    ("head_dim_cache", _set("head_dim", 32), ValueError, "qkv must have width"),
+    ("rotary_odd", _set("rotary_dim", 31), ValueError, "rotary_dim must be even"),
+    ("rotary_big", _set("rotary_dim", 128), ValueError, "rotary_dim must be in"),
+    ("table_width", _set("cos", lambda a, k: a["cos"][:, :7]), ValueError, "cos last dim must be rotary_dim/2"),
+    ("table_shape_mismatch", _set("sin", lambda a, k: a["sin"][:5]), ValueError, "cos and sin must have the same"),
+    ("table_dtype", _dt("cos", torch.float64), TypeError, "cos must have dtype"),
+    ("table_rank", _set("sin", lambda a, k: a["sin"][0]), ValueError, "sin must be 2-D"),
+    ("weight_len", _set("q_weight", lambda a, k: a["q_weight"][:32]), ValueError, "q_weight must have head_dim"),
+    ("weight_dtype", _dt("k_weight", torch.int64), TypeError, "k_weight must have dtype"),
+    ("positions_len", _set("positions", lambda a, k: a["positions"][:-1]), ValueError, "positions must have 7"),
+    ("positions_dtype", _dt("positions", torch.float32), TypeError, "positions must have dtype"),
+    ("offsets_len", _set("offsets", lambda a, k: a["positions"][:3]), ValueError, "offsets must have 7"),
+    ("slots_long", _set("slot_mapping", lambda a, k: torch.cat([a["slot_mapping"]] * 2)), ValueError,
+     "slot_mapping must have at most 7"),
+    ("slots_dtype", _dt("slot_mapping", torch.int16), TypeError, "slot_mapping must have dtype"),
+    ("slots_rank", _set("slot_mapping", lambda a, k: a["slot_mapping"][None]), ValueError, "slot_mapping must be 1-D"),
+    ("cache_dtype", _dt("key_cache", torch.float32), TypeError, "key_cache dtype must be the input dtype"),
+    ("cache_rank", _set("value_cache", lambda a, k: a["value_cache"][0]), ValueError, "value_cache must be 4-D"),
+    ("cache_heads", _set("key_cache", lambda a, k: torch.cat([a["key_cache"]] * 2, 2)), ValueError,
+     "key_cache and value_cache must have the same shape"),
+    ("cache_layout", _set("kv_cache_layout", "HND"), ValueError, "does not match layout HND"),
+    ("layout_string", _set("kv_cache_layout", "nhd"), ValueError, "kv_cache_layout must be one of"),
+    ("gate_layout_string", _set("gated_qkv_layout", "split"), ValueError, "gated_qkv_layout must be one of"),
+    ("cache_last_stride", _set("key_cache", lambda a, k: a["key_cache"].transpose(2, 3).contiguous().transpose(2, 3)),
+     ValueError, "key_cache must be contiguous in head_dim"),
+    ("caches_alias", _set("value_cache", lambda a, k: a["key_cache"]), ValueError, "must not overlap"),
+    ("scale_dtype", _set("k_scale", torch.tensor([1.0], dtype=torch.float64)), TypeError, "k_scale must have dtype"),
+    ("scale_size", _set("v_scale", torch.ones(3)), ValueError, "v_scale must hold 1 element or num_kv_heads"),
+    ("scale_rank", _set("v_scale", torch.ones(2, 1)), ValueError, "v_scale must hold 1 element"),
+    ("eps_type", _set("eps", "1e-6"), TypeError, "eps must be a Python float"),
+    ("eps_negative", _set("eps", -1.0), ValueError, "eps must be a finite non-negative"),
+    ("is_neox_type", _set("is_neox", 1), TypeError, "is_neox must be a bool"),
+    ("layer_without_axis", _set("layer", 0), ValueError, "layer is only valid"),
+    ("layer_type", _set("layer", 0.0), TypeError, "layer must be None or a Python int"),
+    ("missing_tensor", _set("cos", None), TypeError, "cos must be a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("mutate,exc,text", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_raises_and_writes_nothing(mutate, exc, text):
+    args, kwargs = make_inputs(Case(with_offsets=True), DEVICE)
+    before = [args["key_cache"].clone(), args["value_cache"].clone()]
+    mutate(args, kwargs)
+    with pytest.raises(exc) as info:
+        op(**args, **kwargs)
+    if text is not None:
+        assert text in str(info.value)
+    if args["key_cache"].shape == before[0].shape and args["key_cache"].dtype == before[0].dtype:
+        assert torch.equal(before[0].view(torch.int16), args["key_cache"].view(torch.int16))
+
+
+def test_layer_out_of_range_and_missing():
+    args, kwargs = make_inputs(Case(layers=2), DEVICE)
+    before = args["key_cache"].clone()
+    with pytest.raises(ValueError, match=r"layer must be in \[0, 2\), got 2"):
+        op(**args, **dict(kwargs, layer=2))
+    with pytest.raises(ValueError, match="layer must be given"):
+        op(**args, **dict(kwargs, layer=None))
+    assert torch.equal(before.view(torch.int16), args["key_cache"].view(torch.int16))
+
+
+def test_caches_overlapping_qkv_rejected():
+    args, kwargs = make_inputs(Case(), DEVICE)
+    buf = torch.randn(args["qkv"].numel() + args["key_cache"].numel(), dtype=args["qkv"].dtype, device=DEVICE)
+    args["qkv"] = buf[: args["qkv"].numel()].view(args["qkv"].shape)
+    args["key_cache"] = buf[-args["key_cache"].numel() - 64:-64].view(args["key_cache"].shape)
+    with pytest.raises(ValueError, match="key_cache must not overlap qkv"):
+        op(**args, **kwargs)
+
+
+def test_tensors_on_different_devices_rejected():
+    args, kwargs = make_inputs(Case(), DEVICE)
+    meta = torch.empty_like(args["cos"], device="meta")
+    from fused_qkv.core import ArrayInfo, plan_launch
+
+    def info(t):
+        return ArrayInfo(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), str(t.device))
+
+    with pytest.raises(ValueError, match="cos must be on the same device as qkv"):
+        plan_launch(info(args["qkv"]), None, None, info(meta), info(args["sin"]), info(args["positions"]),
+                    info(args["key_cache"]), info(args["value_cache"]), info(args["slot_mapping"]),
+                    num_q_heads=4, num_kv_heads=2, head_dim=64)
+
+
+def test_fp8_dtype_per_target():
+    """e4m3fnuz only on gfx942 (and the interpreter), OCP e4m3fn/e5m2 not on gfx942, fnuz not on CUDA."""
+    from fused_qkv.core import ArrayInfo, plan_launch
+
+    args, _ = make_inputs(Case(), "cpu")
+
+    def info(t, dtype=None):
+        return ArrayInfo(tuple(t.shape), tuple(t.stride()), dtype or str(t.dtype).removeprefix("torch."))
+
+    def plan(cache_dtype, target):
+        kc = info(args["key_cache"], cache_dtype)
+        return plan_launch(info(args["qkv"]), None, None, info(args["cos"]), info(args["sin"]),
+                           info(args["positions"]), kc, kc, info(args["slot_mapping"]), num_q_heads=4,
+                           num_kv_heads=2, head_dim=64, target=target)
+
+    for target, ok, bad in [("cuda", ["float8_e4m3fn", "float8_e5m2"], ["float8_e4m3fnuz"]),
+                            ("hip:gfx942", ["float8_e4m3fnuz"], ["float8_e4m3fn", "float8_e5m2"]),
+                            ("hip:gfx950", ["float8_e4m3fn", "float8_e5m2"], ["float8_e4m3fnuz"]),
+                            ("interpreter", ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"], [])]:
+        for dt in ok:
+            assert plan(dt, target).constexprs["K_MBITS"] > 0
+        for dt in bad:
+            with pytest.raises(TypeError, match=f"key_cache dtype {dt} is not supported on target {target}"):
+                plan(dt, target)
