@@ -1,0 +1,43 @@
+"""Hypothesis fuzz over configurations: every draw is checked against the oracle, untouched slots included."""
+
+import dataclasses
+
+from conftest import DEVICE
+from helpers import Case, run_torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+@st.composite
+def cases(draw):
+    kvh = draw(st.sampled_from([1, 2, 3]))
+    qh = kvh * draw(st.sampled_from([1, 2, 4]))
+    d = draw(st.sampled_from([16, 32, 48, 64, 80, 96, 128, 160]))
+    rot = draw(st.one_of(st.none(), st.integers(1, d // 2).map(lambda r: 2 * r)))
+    block_size = draw(st.sampled_from([1, 3, 4, 16]))
+    num_blocks = draw(st.integers(1, 6))
+    t = draw(st.integers(1, min(20, block_size * num_blocks)))
+    cache_dtype = draw(st.sampled_from([None, "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"]))
+    return Case(
+        T=t, QH=qh, KVH=kvh, D=d, rotary_dim=rot,
+        dtype=draw(st.sampled_from(["bfloat16", "float16", "float32"])),
+        eps=draw(st.sampled_from([1e-6, 1e-5, 0.0])), offset=draw(st.sampled_from([0.0, 1.0])),
+        is_neox=draw(st.booleans()), table=draw(st.sampled_from(["half", "full", "vllm_view"])),
+        table_dtype=draw(st.sampled_from(["float32", "bfloat16", "float16"])),
+        with_offsets=draw(st.booleans()), gate=draw(st.sampled_from([None, "interleaved", "blocked"])),
+        layout=draw(st.sampled_from(["NHD", "HND"])), cache_dtype=cache_dtype,
+        scale=draw(st.sampled_from(["none", "tensor", "head"])),
+        slots=draw(st.sampled_from(["random", "negative", "out_of_range", "short"])),
+        index_dtype=draw(st.sampled_from(["int32", "int64"])), row_pad=draw(st.sampled_from([0, 8])),
+        block_size=block_size, num_blocks=num_blocks, q_norm=draw(st.booleans()), k_norm=draw(st.booleans()),
+        return_kv=draw(st.booleans()), qkv_scale=draw(st.sampled_from([0.5, 1.0, 50.0])),
+        pos_out_of_range=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_fuzz_against_oracle(case):
+    if case.table == "vllm_view" and case.table_dtype == "float32":
+        case = dataclasses.replace(case, table_dtype="float16")
+    run_torch(case, DEVICE)

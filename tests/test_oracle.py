@@ -1,0 +1,87 @@
+"""The oracle itself, checked against hand-computed values (so it is not only self-consistent)."""
+
+import numpy as np
+import pytest
+from fused_qkv.core import format_quantum, reference, round_to_format
+
+
+def test_round_to_format_fp8_edges():
+    # binade edge: 1.95 rounds up to 2.0 in e4m3 (spacing 0.125 in [1, 2))
+    assert round_to_format(1.95, "float8_e4m3fn") == 2.0
+    assert round_to_format(1.9375, "float8_e4m3fn") == 2.0  # tie 1.875|2.0 -> even mantissa (2.0)
+    assert round_to_format(1.8125, "float8_e4m3fn") == 1.75  # tie 1.75|1.875 -> even (1.75)
+    assert round_to_format(1000.0, "float8_e4m3fn") == 448.0  # saturates
+    assert round_to_format(-1e9, "float8_e5m2") == -57344.0
+    assert round_to_format(250.0, "float8_e4m3fnuz") == 240.0
+    assert round_to_format(2.0**-9, "float8_e4m3fn") == 2.0**-9  # smallest subnormal
+    assert round_to_format(0.4 * 2.0**-9, "float8_e4m3fn") == 0.0
+    assert round_to_format(0.75 * 2.0**-9, "float8_e4m3fn") == 2.0**-9
+    assert round_to_format(2.0**-10, "float8_e4m3fnuz") == 2.0**-10  # fnuz: bias 8, one more binade
+    assert round_to_format(1.0 + 2.0**-8, "bfloat16") == 1.0  # tie -> even
+    assert round_to_format(1.0 + 3 * 2.0**-8, "bfloat16") == 1.0 + 2.0**-6
+    assert format_quantum(3.0, "float16") == 2.0**-9
+
+
+def test_reference_hand_computed_neox_and_gptj():
+    # one token, 1 q head, 1 kv head, head_dim 4; no norm; angle table row 1: cos=0, sin=1 (90 degrees)
+    q = np.array([1.0, 2.0, 3.0, 4.0])
+    k = np.array([5.0, 6.0, 7.0, 8.0])
+    v = np.array([9.0, 10.0, 11.0, 12.0])
+    qkv = np.concatenate([q, k, v])[None]
+    cos = np.array([[1.0, 1.0], [0.0, 0.0]])
+    sin = np.array([[0.0, 0.0], [1.0, 1.0]])
+    kw = dict(num_q_heads=1, num_kv_heads=1, head_dim=4, num_cache_slots=4, key_cache_dtype="float32",
+              value_cache_dtype="float32")
+    neox = reference(qkv, None, None, cos, sin, [1], [2], **kw)
+    # NeoX pairs (0,2), (1,3): x0' = -x2, x2' = x0
+    np.testing.assert_array_equal(neox.q[0, 0], [-3.0, -4.0, 1.0, 2.0])
+    gptj = reference(qkv, None, None, cos, sin, [1], [2], is_neox=False, **kw)
+    # GPT-J pairs (0,1), (2,3)
+    np.testing.assert_array_equal(gptj.q[0, 0], [-2.0, 1.0, -4.0, 3.0])
+    np.testing.assert_array_equal(neox.v[0, 0], v)
+    assert neox.slots.tolist() == [2]
+    # position 0: identity
+    ident = reference(qkv, None, None, cos, sin, [0], [2], **kw)
+    np.testing.assert_array_equal(ident.k[0, 0], k)
+
+
+def test_reference_norm_and_offset():
+    x = np.array([3.0, 4.0, 0.0, 0.0] * 4)  # head_dim 16
+    qkv = np.concatenate([x, x, x])[None]
+    w = np.full(16, 0.5)
+    cos, sin = np.ones((1, 8)), np.zeros((1, 8))
+    kw = dict(num_q_heads=1, num_kv_heads=1, head_dim=16, num_cache_slots=1, key_cache_dtype="float32",
+              value_cache_dtype="float32", eps=0.0)
+    rms = np.sqrt(np.mean(x * x))  # 2.5
+    plain = reference(qkv, w, w, cos, sin, [0], [0], **kw)
+    np.testing.assert_allclose(plain.q[0, 0], x / rms * 0.5)
+    centred = reference(qkv, w, None, cos, sin, [0], [0], norm_weight_offset=1.0, **kw)
+    np.testing.assert_allclose(centred.q[0, 0], x / rms * 1.5)
+    np.testing.assert_array_equal(centred.k[0, 0], x)  # no k weight: no k norm
+
+
+def test_reference_slots_and_scales():
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((4, 3 * 16)) + 0.1
+    cos, sin = np.ones((2, 8)), np.zeros((2, 8))
+    r = reference(qkv, None, None, cos, sin, [0, 1, 5, -3], [3, -1, 8], num_q_heads=1, num_kv_heads=1,
+                  head_dim=16, num_cache_slots=8, key_cache_dtype="float32", value_cache_dtype="float8_e4m3fn",
+                  k_scale=[2.0], v_scale=[0.5])
+    assert r.slots.tolist() == [3, -1, -1, -1]  # negative, >= num_cache_slots, past the end of slot_mapping
+    np.testing.assert_allclose(r.exact_key_cache, r.k / 2.0)
+    np.testing.assert_array_equal(r.value_cache_values, round_to_format(r.v / 0.5, "float8_e4m3fn"))
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "blocked"])
+def test_reference_gate_layouts(layout):
+    D, QH = 16, 2
+    cols = np.arange((2 * QH + 2) * D, dtype=np.float64)[None] + 1.0
+    cos, sin = np.ones((1, 8)), np.zeros((1, 8))
+    r = reference(cols, None, None, cos, sin, [0], [0], num_q_heads=QH, num_kv_heads=1, head_dim=D,
+                  num_cache_slots=1, key_cache_dtype="float32", value_cache_dtype="float32",
+                  attn_output_gate=True, gated_qkv_layout=layout)
+    if layout == "interleaved":  # [q0 | g0 | q1 | g1 | k | v]
+        assert r.q[0, 1, 0] == 2 * D + 1 and r.gate[0, 0, 0] == D + 1
+    else:  # [q0 | q1 | g0 | g1 | k | v]
+        assert r.q[0, 1, 0] == D + 1 and r.gate[0, 0, 0] == 2 * D + 1
+    assert r.k[0, 0, 0] == 4 * D + 1 and r.v[0, 0, 0] == 5 * D + 1
