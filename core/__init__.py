@@ -4,7 +4,7 @@ Frontends (``fused_qkv.torch_api``, ``fused_qkv.jax_api``) depend on this packag
 depends on neither. Importing it needs only NumPy; ``get_kernel`` needs Triton.
 """
 
-from .oracle import OracleResult, format_quantum, reference, round_to_format
+from .oracle import OracleResult, format_quantum, reference, round_to_format, rounding_error
 from .spec import (
     FP8_FORMATS,
     INPUT_NAMES,
@@ -29,5 +29,5 @@ def get_kernel(interpret: bool):
 __all__ = [
     "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OracleResult", "SCALAR_NAMES",
     "check_config", "check_layer", "format_quantum", "get_kernel", "ordered_args", "plan_launch", "reference",
-    "round_to_format",
+    "round_to_format", "rounding_error",
 ]

@@ -47,6 +47,27 @@ def round_to_format(x, dtype: str) -> np.ndarray:
     return np.where(r == 0, 0.0, r)
 
 
+def rounding_error(actual, exact, dtype: str):
+    """Worst error of ``actual`` against float64 ``exact``, in units of the allowed error.
+
+    Allowed: half an ulp of ``dtype`` at the exact value (fp8: after saturation) plus
+    ``2**-16 * max|exact|`` for fp32 arithmetic noise. A correctly rounded result scores
+    <= 1; returns ``(score, index of the worst element)``; non-finite values score inf.
+    """
+    actual = np.asarray(actual, np.float64)
+    exact = np.asarray(exact, np.float64)
+    if exact.size == 0:
+        return 0.0, ()
+    if dtype in FP8_FORMATS:
+        m = FP8_FORMATS[dtype].max_finite
+        exact = np.clip(exact, -m, m)
+    tol = 0.5 * format_quantum(exact, dtype) + 2.0**-16 * np.abs(exact).max()
+    ratio = np.abs(actual - exact) / tol
+    ratio = np.where(np.isfinite(actual), ratio, np.inf)
+    worst = int(np.argmax(ratio))
+    return float(ratio.flat[worst]), np.unravel_index(worst, ratio.shape)
+
+
 class OracleResult(NamedTuple):
     """Float64 results. ``slots[t]`` is the cache slot token t writes, or -1 for no write.
 

@@ -1,12 +1,25 @@
 """Test configuration: the device the suite runs on.
 
 ``FUSED_QKV_TEST_DEVICE`` (default ``cpu``): ``cpu`` runs every kernel under Triton's
-interpreter; ``cuda`` runs the compiled kernel on the GPU.
+interpreter; ``cuda`` runs the compiled kernel on the GPU and also collects ``tests/gpu/``.
 """
 
 import os
 import sys
 
+from hypothesis import settings
+
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 
 DEVICE = os.environ.get("FUSED_QKV_TEST_DEVICE", "cpu")
+
+# fp8 cache dtypes the device's target stores (see fused_qkv.core.spec.TARGET_FP8)
+FP8_ON_DEVICE = (["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"] if DEVICE == "cpu"
+                 else ["float8_e4m3fn", "float8_e5m2"])
+
+collect_ignore = [] if DEVICE.startswith("cuda") else ["gpu"]
+
+# CI runs a fixed, reproducible set of fuzz examples; local runs explore new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

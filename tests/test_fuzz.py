@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from conftest import DEVICE
+from conftest import DEVICE, FP8_ON_DEVICE
 from helpers import Case, run_torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +17,7 @@ def cases(draw):
     block_size = draw(st.sampled_from([1, 3, 4, 16]))
     num_blocks = draw(st.integers(1, 6))
     t = draw(st.integers(1, min(20, block_size * num_blocks)))
-    cache_dtype = draw(st.sampled_from([None, "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"]))
+    cache_dtype = draw(st.sampled_from([None] + FP8_ON_DEVICE))
     return Case(
         T=t, QH=qh, KVH=kvh, D=d, rotary_dim=rot,
         dtype=draw(st.sampled_from(["bfloat16", "float16", "float32"])),

@@ -8,7 +8,7 @@ values. These inputs sit on the edges that would expose either problem.
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, FP8_ON_DEVICE
 from fused_qkv.core import format_quantum, round_to_format
 from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
 from helpers import TORCH_DTYPES
@@ -18,7 +18,7 @@ EDGES = [1.95, 1.9375, 1.8125, 447.0, 449.0, 464.0, 500.0, 1e6, 239.0, 241.0, 2.
          -1.95, -500.0, -1e-30, 3.0, 1.0]
 
 
-@pytest.mark.parametrize("cache_dtype", ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"])
+@pytest.mark.parametrize("cache_dtype", FP8_ON_DEVICE)
 def test_fp8_value_cache_rounding_is_exact(cache_dtype):
     """V from an fp32 input: the fp8 cache holds round(v / v_scale) bit for bit (saturated, ties to even)."""
     D = 32

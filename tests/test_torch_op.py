@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, FP8_ON_DEVICE
 from helpers import Case, make_inputs, run_torch
 
 C = Case
@@ -62,7 +62,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id())
+# cases whose cache dtype this device's target cannot store (fnuz on CUDA) are tested to raise in tests/gpu/
+DEVICE_CASES = [c for c in CASES if c.cache_dtype is None or c.cache_dtype in FP8_ON_DEVICE]
+
+
+@pytest.mark.parametrize("case", DEVICE_CASES, ids=lambda c: c.id())
 def test_matches_oracle(case):
     run_torch(case, DEVICE)
 

@@ -1,0 +1,58 @@
+"""GPU-only checks (collected when FUSED_QKV_TEST_DEVICE=cuda): CUDA graphs, devices, target fp8 support."""
+
+import dataclasses
+
+import pytest
+import torch
+from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+from helpers import Case, check_against_oracle, make_inputs
+
+
+def test_cuda_graph_capture_and_replay_with_changing_inputs():
+    """The op captures into a CUDA graph (no host sync) and each replay sees the new input values."""
+    case = Case(T=16, gate="interleaved", cache_dtype="float8_e4m3fn", scale="head", num_blocks=8, block_size=4)
+    args, kwargs = make_inputs(case, "cuda")
+    static = dict(args)
+    op(**static, **kwargs)  # warm up: compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(**static, **kwargs)
+    for seed in (5, 6, 7):
+        new, new_kw = make_inputs(dataclasses.replace(case, seed=seed), "cuda")
+        for name in ("qkv", "positions", "slot_mapping", "cos", "sin", "q_weight", "k_weight"):
+            static[name].copy_(new[name])
+        kwargs["k_scale"].copy_(new_kw["k_scale"])
+        kwargs["v_scale"].copy_(new_kw["v_scale"])
+        kc0, vc0 = static["key_cache"].cpu().clone(), static["value_cache"].cpu().clone()
+        graph.replay()
+        torch.cuda.synchronize()
+        check_against_oracle(dataclasses.replace(case, seed=seed), static, kwargs, out, kc0, vc0,
+                             static["key_cache"], static["value_cache"])
+
+
+def test_launch_does_not_sync_the_host():
+    args, kwargs = make_inputs(Case(T=8), "cuda")
+    op(**args, **kwargs)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        op(**args, **kwargs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("name", ["cos", "positions", "key_cache", "slot_mapping", "q_weight", "k_scale"])
+def test_tensor_on_cpu_rejected(name):
+    args, kwargs = make_inputs(Case(scale="tensor"), "cuda")
+    where = args if name in args else kwargs
+    where[name] = where[name].cpu()
+    with pytest.raises(ValueError, match=f"{name} must be on the same device as qkv"):
+        op(**args, **kwargs)
+
+
+def test_fnuz_cache_rejected_on_cuda():
+    args, kwargs = make_inputs(Case(cache_dtype="float8_e4m3fnuz"), "cuda")
+    with pytest.raises(TypeError, match="float8_e4m3fnuz is not supported on target cuda"):
+        op(**args, **kwargs)
