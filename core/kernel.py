@@ -251,14 +251,14 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         b_rot = b * c + a * s
 
         if is_q:
-            dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
-            _store_head(dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+            q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
+            _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
                         HAS_PASS, in_dtype, 0, 0, 0.0, False)
         else:
             kh = head - NUM_Q_HEADS
             if RETURN_KV:
-                dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
-                _store_head(dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
+                _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
                             HAS_PASS, in_dtype, 0, 0, 0.0, False)
             slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
                                              num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
@@ -275,27 +275,28 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     elif head < V_END:
         # ---------------- V head: copy + cache write ----------------
         vh = head - K_END
-        x = tl.load(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], mask=row_mask & d_mask)
+        x = tl.load(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], mask=row_mask & d_mask)  # V head
         if RETURN_KV:
-            dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
-            tl.store(dst + d[None, :], x, mask=row_mask & d_mask)
+            v_dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
+            tl.store(v_dst + d[None, :], x, mask=row_mask & d_mask)
         slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
                                          num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
                                          VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
         cache_off = slot_base + vh * VC_HEAD_STRIDE
         cache_dtype = value_cache_ptr.dtype.element_ty
-        dst = value_cache_ptr + cache_off[:, None] + d[None, :]
+        vc_dst = value_cache_ptr + cache_off[:, None] + d[None, :]
         if V_SCALE_MODE == 0 and V_MBITS == 0:
-            tl.store(dst, x.to(cache_dtype), mask=slot_ok[:, None] & d_mask)  # same dtype: an exact copy
+            tl.store(vc_dst, x.to(cache_dtype), mask=slot_ok[:, None] & d_mask)  # same dtype: an exact copy
         else:
             xf = x.to(tl.float32)
             if V_SCALE_MODE != 0:
                 xf = xf / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
-            _store_converted(dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV, V_SOFT_FP8)
+            _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,
+                             V_SOFT_FP8)
     else:
         if HAS_GATE:
             # ---------------- gate head: plain copy ----------------
             g = head - V_END
-            x = tl.load(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], mask=row_mask & d_mask)
-            dst = gate_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + g * HEAD_DIM)[:, None]
-            tl.store(dst + d[None, :], x, mask=row_mask & d_mask)
+            gx = tl.load(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], mask=row_mask & d_mask)
+            g_dst = gate_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + g * HEAD_DIM)[:, None]
+            tl.store(g_dst + d[None, :], gx, mask=row_mask & d_mask)

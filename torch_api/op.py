@@ -52,7 +52,8 @@ def _target(device: torch.device) -> str:
 
 def _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
           num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
-          gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr):
+          gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr, target=None):
+    """The launch plan for these tensors (``target`` overrides the one of qkv's device: AOT tests)."""
     names = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache",
              "slot_mapping", "offsets", "k_scale", "v_scale")
     tensors = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets,
@@ -61,7 +62,7 @@ def _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, 
     for required in _REQUIRED:
         if infos[required] is None:
             raise TypeError(f"{required} must be a torch.Tensor, got None")
-    target = _target(qkv.device)
+    target = target or _target(qkv.device)
     warp_size = 64 if target.startswith("hip:gfx9") else 32
     return plan_launch(
         infos["qkv"], infos["q_weight"], infos["k_weight"], infos["cos"], infos["sin"], infos["positions"],

@@ -1,0 +1,65 @@
+"""Ahead-of-time compilation of the kernel for a GPU target, from a launch plan alone (no GPU needed).
+
+Used by the portability tests: every specialisation the tests launch is compiled for
+``cuda`` sm_90, ``hip`` gfx942 and gfx950 on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from .spec import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, LaunchPlan
+
+_TRITON_DTYPES = {
+    "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64",
+    "float8_e4m3fn": "fp8e4nv", "float8_e5m2": "fp8e5", "float8_e4m3fnuz": "fp8e4b8",
+}
+
+TARGETS = {
+    "cuda": ("cuda", 90, 32),
+    "hip:gfx942": ("hip", "gfx942", 64),
+    "hip:gfx950": ("hip", "gfx950", 64),
+}
+
+
+def signature(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], *, eps_type: str = "fp32"):
+    """(signature, constants) for ``triton.compiler.ASTSource``.
+
+    ``pointer_dtypes`` maps every input/output name to its dtype name, or None when the
+    frontend passes None (absent optional tensor: a constexpr None, as the torch binding does).
+    ``eps_type``: ``fp32`` (Triton's launcher) or ``fp64`` (jax-triton passes Python floats as fp64).
+    """
+    sig, consts = {}, {}
+    for name in INPUT_NAMES + OUTPUT_NAMES:
+        arg = _arg_name(name)
+        dt = pointer_dtypes.get(name)
+        if dt is None:
+            sig[arg], consts[arg] = "constexpr", None
+        else:
+            sig[arg] = "*" + _TRITON_DTYPES[dt]
+    for name in SCALAR_NAMES:
+        if name in ("eps", "norm_weight_offset"):
+            sig[name] = eps_type
+        else:
+            sig[name] = "i64" if abs(plan.scalars[name]) >= 2**31 else "i32"
+    for k, v in plan.constexprs.items():
+        sig[k], consts[k] = "constexpr", v
+    return sig, consts
+
+
+def compile_for(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], target: str, **kw):
+    """Compile the kernel for ``target`` (a key of ``TARGETS``); returns Triton's compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from .launch import get_kernel
+
+    fn = get_kernel(interpret=False)
+    sig, consts = signature(plan, pointer_dtypes, **kw)
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget(*TARGETS[target]),
+                          options={"num_warps": plan.num_warps})
+
+
+def _arg_name(name: str) -> str:
+    return {"q": "q_out", "gate": "gate_out", "k": "k_out", "v": "v_out"}.get(name, name) + "_ptr"
