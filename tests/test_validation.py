@@ -13,6 +13,10 @@ def _set(key, value):
     return mutate
 
 
+def _ones(*shape, dtype=torch.float32):
+    return lambda a, k: torch.ones(*shape, dtype=dtype, device=a["qkv"].device)
+
+
 def _dt(key, dtype):
     return _set(key, lambda a, k: (a if key in a else k)[key].to(dtype))
 
@@ -55,9 +59,9 @@ BAD = [
     ("cache_last_stride", _set("key_cache", lambda a, k: a["key_cache"].transpose(2, 3).contiguous().transpose(2, 3)),
      ValueError, "key_cache must be contiguous in head_dim"),
     ("caches_alias", _set("value_cache", lambda a, k: a["key_cache"]), ValueError, "must not overlap"),
-    ("scale_dtype", _set("k_scale", torch.tensor([1.0], dtype=torch.float64)), TypeError, "k_scale must have dtype"),
-    ("scale_size", _set("v_scale", torch.ones(3)), ValueError, "v_scale must hold 1 element or num_kv_heads"),
-    ("scale_rank", _set("v_scale", torch.ones(2, 1)), ValueError, "v_scale must hold 1 element"),
+    ("scale_dtype", _set("k_scale", _ones(1, dtype=torch.float64)), TypeError, "k_scale must have dtype"),
+    ("scale_size", _set("v_scale", _ones(3)), ValueError, "v_scale must hold 1 element or num_kv_heads"),
+    ("scale_rank", _set("v_scale", _ones(2, 1)), ValueError, "v_scale must hold 1 element"),
     ("eps_type", _set("eps", "1e-6"), TypeError, "eps must be a Python float"),
     ("eps_negative", _set("eps", -1.0), ValueError, "eps must be a finite non-negative"),
     ("is_neox_type", _set("is_neox", 1), TypeError, "is_neox must be a bool"),
