@@ -16,6 +16,7 @@ from .spec import (
     check_layer,
     ordered_args,
     plan_launch,
+    tensor_parallel_columns,
 )
 
 
@@ -26,8 +27,15 @@ def get_kernel(interpret: bool):
     return _get(interpret)
 
 
+def launch_on_host(plan, inputs, outputs):
+    """Run the interpreted kernel over NumPy arrays (see ``fused_qkv.core.launch.launch_on_host``)."""
+    from .launch import launch_on_host as _launch
+
+    return _launch(plan, inputs, outputs)
+
+
 __all__ = [
     "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OracleResult", "SCALAR_NAMES",
-    "check_config", "check_layer", "format_quantum", "get_kernel", "ordered_args", "plan_launch", "reference",
-    "round_to_format", "rounding_error",
+    "check_config", "check_layer", "format_quantum", "get_kernel", "launch_on_host", "ordered_args", "plan_launch",
+    "reference", "round_to_format", "rounding_error", "tensor_parallel_columns",
 ]

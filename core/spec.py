@@ -472,3 +472,44 @@ def _may_share_elements(a: ArrayInfo, b: ArrayInfo) -> bool:
 def _layout_str(layout: str) -> str:
     return ("[num_blocks, block_size, num_kv_heads, head_dim]" if layout == "NHD"
             else "[num_blocks, num_kv_heads, block_size, head_dim]")
+
+
+def tensor_parallel_columns(num_shards: int, *, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                            attn_output_gate: bool = False, gated_qkv_layout: str = "interleaved"):
+    """Column order that makes each of ``num_shards`` equal column blocks a packed qkv of its own heads.
+
+    Returns a list ``perm`` of qkv column indices: ``qkv[:, perm]`` (or, once and offline, the QKV
+    projection weight's output columns permuted the same way) is ``[shard 0 | shard 1 | ...]`` where
+    shard ``r`` holds Q heads ``r*QH/n ...`` (with their gates, in the same gate layout), then its K heads,
+    then its V heads: exactly the packed layout the op expects with ``num_q_heads=QH/n``,
+    ``num_kv_heads=KVH/n``. Split that array's last axis across the mesh axis (``PartitionSpec(None, axis)``)
+    and the caches' KV-head axis the same way.
+    """
+    _check_positive_int("num_shards", num_shards)
+    check_config(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=0.0,
+                 norm_weight_offset=0.0, is_neox=True, rotary_dim=None, attn_output_gate=attn_output_gate,
+                 gated_qkv_layout=gated_qkv_layout, kv_cache_layout="NHD", return_kv=True)
+    if num_q_heads % num_shards or num_kv_heads % num_shards:
+        raise ValueError(f"num_shards ({num_shards}) must divide num_q_heads ({num_q_heads}) and num_kv_heads "
+                         f"({num_kv_heads})")
+    D, QH, KVH = head_dim, num_q_heads, num_kv_heads
+    qs, ks = QH // num_shards, KVH // num_shards
+    q_cols = QH * D * (2 if attn_output_gate else 1)
+
+    def head(col0, h):
+        return list(range(col0 + h * D, col0 + (h + 1) * D))
+
+    perm = []
+    for r in range(num_shards):
+        q_heads = range(r * qs, (r + 1) * qs)
+        if attn_output_gate and gated_qkv_layout == "interleaved":  # [q_h | g_h] pairs stay together
+            for h in q_heads:
+                perm += list(range(2 * h * D, 2 * (h + 1) * D))
+        elif attn_output_gate:  # blocked: this shard's Q heads, then its gate heads
+            perm += [c for h in q_heads for c in head(0, h)] + [c for h in q_heads for c in head(QH * D, h)]
+        else:
+            perm += [c for h in q_heads for c in head(0, h)]
+        kv_heads = range(r * ks, (r + 1) * ks)
+        perm += [c for h in kv_heads for c in head(q_cols, h)]
+        perm += [c for h in kv_heads for c in head(q_cols + KVH * D, h)]
+    return perm

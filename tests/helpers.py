@@ -285,3 +285,58 @@ def run_torch(case: Case, device="cpu"):
     out = fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
     check_against_oracle(case, args, kwargs, out, kc_before, vc_before, args["key_cache"], args["value_cache"])
     return out
+
+
+# ---------------------------------------------------------------- JAX bridging (same inputs, both frameworks)
+_ML_DTYPES = {"bfloat16": "bfloat16", "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2",
+              "float8_e4m3fnuz": "float8_e4m3fnuz"}
+
+
+def to_numpy(t):
+    """torch tensor -> NumPy array with the same dtype (ml_dtypes for bf16/fp8), C-contiguous."""
+    import ml_dtypes
+
+    if t is None:
+        return None
+    t = t.detach().cpu().contiguous()
+    name = str(t.dtype).removeprefix("torch.")
+    if name in _ML_DTYPES:
+        raw = t.view(torch.int16 if t.element_size() == 2 else torch.uint8).numpy()
+        return raw.view(getattr(ml_dtypes, _ML_DTYPES[name]))
+    return t.numpy()
+
+
+def from_numpy(a):
+    """NumPy (ml_dtypes included) -> torch tensor of the same dtype, bit for bit."""
+    a = np.ascontiguousarray(np.asarray(a))
+    name = a.dtype.name
+    if name in _ML_DTYPES:
+        raw = a.view(np.int16 if a.itemsize == 2 else np.uint8)
+        return torch.from_numpy(raw.copy()).view(TORCH_DTYPES[name])
+    return torch.from_numpy(a.copy())
+
+
+def run_jax(case: Case, check=True, jit=False):
+    """The same case through the JAX frontend; returns (outputs as torch tensors, args, kwargs)."""
+    import jax
+    import jax.numpy as jnp
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache
+    from fused_qkv.torch_api import FusedQKVOutput
+
+    args, kwargs = make_inputs(case, "cpu")
+    kc_before, vc_before = args["key_cache"].clone(), args["value_cache"].clone()
+    jargs = {k: None if v is None else jnp.asarray(to_numpy(v)) for k, v in args.items()}
+    jkw = {k: jnp.asarray(to_numpy(v)) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    fn = fused_qkv_split_qk_norm_rope_cache
+    if jit:
+        static = {k: v for k, v in jkw.items() if not isinstance(v, jax.Array)}
+        arrays = {k: v for k, v in jkw.items() if isinstance(v, jax.Array)}
+        out = jax.jit(lambda a, k: fn(**a, **k, **static), donate_argnums=())(jargs, arrays)
+    else:
+        out = fn(**jargs, **jkw)
+    conv = lambda x: None if x is None else from_numpy(x)  # noqa: E731
+    tout = FusedQKVOutput(conv(out.q), conv(out.gate), conv(out.k), conv(out.v))
+    kc_after, vc_after = from_numpy(out.key_cache), from_numpy(out.value_cache)
+    if check:
+        check_against_oracle(case, args, kwargs, tout, kc_before, vc_before, kc_after, vc_after)
+    return tout, kc_after, vc_after

@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import torch
 from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
+from fused_qkv.core.launch import launch_interpreted
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
 _REQUIRED = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
@@ -117,7 +118,10 @@ def _fused_op(
         inputs = dict(zip(INPUT_NAMES, (qkv, q_weight, k_weight, cos, sin, positions, offsets, slot_mapping,
                                         k_scale, v_scale, None, kc, vc), strict=True))
         args = ordered_args(inputs, plan.scalars, dict(outs, key_cache=kc, value_cache=vc))
-        kernel = get_kernel(interpret=target == "interpreter")
+        if target == "interpreter":
+            launch_interpreted(plan.grid, args, plan.constexprs)
+            return _with_placeholders(outs, qkv)
+        kernel = get_kernel(interpret=False)
         if qkv.device.type == "cuda" and qkv.device.index != torch.cuda.current_device():
             with torch.cuda.device(qkv.device):
                 kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)

@@ -1,0 +1,235 @@
+"""JAX binding of the fused kernel: a functional op that returns the updated caches.
+
+GPU: the compiled kernel through ``jax_triton.triton_call``, the caches as aliased
+input/output pairs, so under ``jax.jit(..., donate_argnames=("key_cache", "value_cache"))``
+the update happens in place. CPU: the same kernel under Triton's interpreter, through
+``jax.pure_callback`` (works inside jit, scan and vmap; the caches are copied there).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from fused_qkv.core import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    ArrayInfo,
+    check_config,
+    check_layer,
+    get_kernel,
+    launch_on_host,
+    plan_launch,
+)
+
+
+class FusedQKVJaxOutput(NamedTuple):
+    """Outputs of :func:`fused_qkv_split_qk_norm_rope_cache` (JAX).
+
+    q: ``[T, QH, D]``; gate: ``[T, QH, D]`` or None; k, v: ``[T, KVH, D]`` (before scaling) or None with
+    ``return_kv=False``; key_cache, value_cache: the updated caches, same shape and dtype as given.
+    """
+
+    q: jax.Array
+    gate: Optional[jax.Array]
+    k: Optional[jax.Array]
+    v: Optional[jax.Array]
+    key_cache: jax.Array
+    value_cache: jax.Array
+
+
+_jax_triton = None
+
+
+def _import_jax_triton():
+    """Import jax_triton once, undoing its ``TRITON_CACHE_DIR=""`` side effect (it breaks later Triton
+    compiles in the same process, e.g. the torch path)."""
+    global _jax_triton
+    if _jax_triton is None:
+        saved = os.environ.get("TRITON_CACHE_DIR")
+        try:
+            import jax_triton
+        finally:
+            if saved is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = saved
+        _jax_triton = jax_triton
+    return _jax_triton
+
+
+def _contiguous_strides(shape):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(n), 1)
+    return tuple(reversed(strides))
+
+
+def _as_array(x, name: str, required: bool):
+    if x is None:
+        if required:
+            raise TypeError(f"{name} must be a jax.Array, got None")
+        return None
+    if isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "aval"):
+        return jnp.asarray(x)
+    raise TypeError(f"{name} must be a jax.Array (or NumPy array), got {type(x).__name__}")
+
+
+def _info(x) -> Optional[ArrayInfo]:
+    if x is None:
+        return None
+    return ArrayInfo(tuple(x.shape), _contiguous_strides(x.shape), jnp.dtype(x.dtype).name, "jax")
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def _target(platform: str) -> str:
+    if platform == "cpu":
+        return "interpreter"
+    if platform in ("gpu", "cuda"):
+        return "cuda"
+    if platform == "rocm":
+        kind = jax.devices()[0].device_kind.lower()
+        return "hip:gfx950" if "mi35" in kind else "hip:gfx942"
+    raise ValueError(f"unsupported JAX backend {platform!r}: expected cpu, cuda or rocm")
+
+
+def fused_qkv_split_qk_norm_rope_cache(
+    qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, *,
+    num_q_heads: int, num_kv_heads: int, head_dim: int, eps: float = 1e-6, norm_weight_offset: float = 0.0,
+    is_neox: bool = True, rotary_dim: Optional[int] = None, offsets=None, attn_output_gate: bool = False,
+    gated_qkv_layout: str = "interleaved", k_scale=None, v_scale=None, kv_cache_layout: str = "NHD",
+    return_kv: bool = True, layer: Any = None,
+) -> FusedQKVJaxOutput:
+    """Split a packed QKV projection, RMS-normalise Q and K per head, apply RoPE, write K/V to a paged cache.
+
+    The same contract and arguments as :func:`fused_qkv.torch_api.fused_qkv_split_qk_norm_rope_cache`
+    (shapes, dtypes, layouts: see its docstring), but functional: the updated caches are returned.
+
+    Call it inside your own ``jax.jit`` and donate the caches there, e.g.
+    ``jax.jit(step, donate_argnames=("key_cache", "value_cache"))``: on GPU the write then happens in place
+    (without donation XLA copies the whole cache on every call). All keyword arguments except ``layer`` are
+    static (Python values); ``layer`` may be a Python int or a traced integer scalar.
+
+    Args:
+        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + 2 * KVH) * D]`` float16/bfloat16/float32.
+        q_weight, k_weight: ``[D]`` RMSNorm weights, or None (no norm).
+        cos, sin: ``[P, rotary_dim/2]`` or ``[P, rotary_dim]`` float32/bfloat16/float16.
+        positions: ``[T]`` int32/int64 (clamped to ``[0, P)``); offsets: optional ``[T]`` int32/int64.
+        key_cache, value_cache: ``[num_blocks, block_size, KVH, D]`` ("NHD") or ``[num_blocks, KVH, block_size,
+            D]`` ("HND"), optionally with a leading layer axis ``[L, ...]`` (then ``layer`` selects the slice,
+            inside the kernel: a scan over layers carrying the stacked cache never copies it); dtype: the input
+            dtype or float8_e4m3fn/float8_e5m2 (CUDA) / float8_e4m3fnuz (ROCm gfx942, CPU).
+        slot_mapping: ``[S <= T]`` int32/int64; negative, out-of-range or missing slots write nothing.
+        k_scale, v_scale: optional float32 ``[1]`` or ``[KVH]``; the caches hold ``k / k_scale``, ``v / v_scale``.
+
+    Returns:
+        :class:`FusedQKVJaxOutput` ``(q, gate, k, v, key_cache, value_cache)``.
+    """
+    check_config(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+                 norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
+                 attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
+                 kv_cache_layout=kv_cache_layout, return_kv=return_kv)
+    required = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
+    raw = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
+               offsets=offsets, slot_mapping=slot_mapping, k_scale=k_scale, v_scale=v_scale,
+               key_cache=key_cache, value_cache=value_cache)
+    arrays = {name: _as_array(x, name, name in required) for name, x in raw.items()}
+
+    # layer: Python int (checked here) or a traced integer scalar; passed to the kernel as an int32 array
+    layer_arr, layer_spec = None, None
+    if layer is not None:
+        if isinstance(layer, bool) or not isinstance(layer, (int, jax.Array, np.ndarray, np.integer)) and not \
+                hasattr(layer, "aval"):
+            raise TypeError(f"layer must be None, an int or an integer scalar array, got {type(layer).__name__}")
+        if isinstance(layer, (int, np.integer)):
+            layer_spec = int(layer)
+        else:
+            if jnp.ndim(layer) != 0 or not jnp.issubdtype(jnp.result_type(layer), jnp.integer):
+                raise TypeError(f"layer must be an integer scalar, got shape {jnp.shape(layer)} dtype "
+                                f"{jnp.result_type(layer)}")
+            layer_spec = "dynamic"
+        check_layer(tuple(arrays["key_cache"].shape), layer_spec)
+        layer_arr = jnp.asarray(layer, dtype=jnp.int32).reshape(1)
+    else:
+        check_layer(tuple(arrays["key_cache"].shape), None)
+
+    platform = _platform()
+    target = _target(platform)
+    plan = plan_launch(
+        _info(arrays["qkv"]), _info(arrays["q_weight"]), _info(arrays["k_weight"]), _info(arrays["cos"]),
+        _info(arrays["sin"]), _info(arrays["positions"]), _info(arrays["key_cache"]), _info(arrays["value_cache"]),
+        _info(arrays["slot_mapping"]), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        eps=eps, norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
+        offsets=_info(arrays["offsets"]), attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
+        k_scale=_info(arrays["k_scale"]), v_scale=_info(arrays["v_scale"]), kv_cache_layout=kv_cache_layout,
+        return_kv=return_kv, layer=layer_spec, target=target, warp_size=64 if target.startswith("hip") else 32)
+
+    inputs = {n: arrays.get(n) for n in INPUT_NAMES}
+    inputs["layer"] = layer_arr
+    inputs["key_cache_in"], inputs["value_cache_in"] = arrays["key_cache"], arrays["value_cache"]
+    present = [n for n in ("q", "gate", "k", "v") if plan.out_shapes[n] is not None]
+    out_structs = {n: jax.ShapeDtypeStruct(*plan.out_shapes[n]) for n in present}
+    cache_structs = {n: jax.ShapeDtypeStruct(arrays[n].shape, arrays[n].dtype) for n in ("key_cache", "value_cache")}
+
+    if plan.grid[0] == 0:  # no tokens: nothing to launch
+        outs = {n: jnp.zeros(s.shape, s.dtype) for n, s in out_structs.items()}
+        outs.update(key_cache=arrays["key_cache"], value_cache=arrays["value_cache"])
+    elif target == "interpreter":
+        outs = _run_on_host(plan, inputs, present, out_structs, cache_structs)
+    else:
+        outs = _run_triton_call(plan, inputs, present, out_structs, cache_structs)
+    return FusedQKVJaxOutput(outs["q"], outs.get("gate"), outs.get("k"), outs.get("v"), outs["key_cache"],
+                             outs["value_cache"])
+
+
+def _run_on_host(plan, inputs, present, out_structs, cache_structs):
+    """CPU: the interpreted kernel inside ``jax.pure_callback`` (the caches are copied into new buffers)."""
+    names = [n for n in INPUT_NAMES if inputs[n] is not None]
+    result_structs = [out_structs[n] for n in present] + [cache_structs["key_cache"], cache_structs["value_cache"]]
+
+    def host(*arrays):
+        given = dict(zip(names, arrays, strict=True))
+        host_inputs = {n: (np.asarray(given[n]) if n in given else None) for n in INPUT_NAMES}
+        kc = np.array(host_inputs["key_cache_in"], copy=True, order="C")
+        vc = np.array(host_inputs["value_cache_in"], copy=True, order="C")
+        host_inputs["key_cache_in"], host_inputs["value_cache_in"] = kc, vc
+        outs = {n: np.empty(out_structs[n].shape, out_structs[n].dtype) for n in present}
+        full = {n: outs.get(n) for n in ("q", "gate", "k", "v")}
+        full.update(key_cache=kc, value_cache=vc)
+        launch_on_host(plan, host_inputs, full)
+        return tuple(outs[n] for n in present) + (kc, vc)
+
+    results = jax.pure_callback(host, result_structs, *[inputs[n] for n in names], vmap_method="sequential")
+    outs = dict(zip(present, results[:len(present)], strict=True))
+    outs["key_cache"], outs["value_cache"] = results[-2], results[-1]
+    return outs
+
+
+def _run_triton_call(plan, inputs, present, out_structs, cache_structs):
+    """GPU: the compiled kernel through jax_triton, the caches aliased input -> output."""
+    jt = _import_jax_triton()
+    # every pointer slot needs an array: absent optional inputs/outputs get a 1-element dummy (never accessed:
+    # the constexpr flags switch their use off)
+    dummy_in = jnp.zeros((1,), jnp.float32)
+    array_args = [inputs[n] if inputs[n] is not None else dummy_in for n in INPUT_NAMES]
+    scalars = [np.float32(v) if isinstance(v, float) else v for v in
+               (plan.scalars[n] for n in ("num_tokens", "num_slot_entries", "num_cache_slots", "num_table_rows",
+                                          "eps", "norm_weight_offset"))]
+    out_shape = [out_structs.get(n, jax.ShapeDtypeStruct((1,), jnp.float32)) for n in ("q", "gate", "k", "v")]
+    out_shape += [cache_structs["key_cache"], cache_structs["value_cache"]]
+    # input_output_aliases keys count array arguments only (the scalars are not counted)
+    aliases = {INPUT_NAMES.index("key_cache_in"): OUTPUT_NAMES.index("key_cache"),
+               INPUT_NAMES.index("value_cache_in"): OUTPUT_NAMES.index("value_cache")}
+    results = jt.triton_call(*array_args, *scalars, kernel=get_kernel(interpret=False), out_shape=out_shape,
+                             grid=plan.grid, num_warps=plan.num_warps, input_output_aliases=aliases,
+                             **plan.constexprs)
+    outs = {n: results[OUTPUT_NAMES.index(n)] for n in present}
+    outs["key_cache"], outs["value_cache"] = results[4], results[5]
+    return outs
