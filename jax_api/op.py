@@ -52,6 +52,8 @@ def _import_jax_triton():
         saved = os.environ.get("TRITON_CACHE_DIR")
         try:
             import jax_triton
+        except ImportError as exc:
+            raise ImportError("the JAX frontend needs jax_triton on GPU: pip install jax-triton==0.3.1") from exc
         finally:
             if saved is None:
                 os.environ.pop("TRITON_CACHE_DIR", None)
@@ -85,8 +87,13 @@ def _info(x) -> Optional[ArrayInfo]:
     return ArrayInfo(tuple(x.shape), _contiguous_strides(x.shape), jnp.dtype(x.dtype).name, "jax")
 
 
-def _platform() -> str:
-    return jax.default_backend()
+def _platform(x) -> str:
+    """Platform the op runs on: the device of a concrete input, else (inside jit) the default backend."""
+    try:
+        devices = x.devices()
+    except Exception:  # a tracer: no device known at trace time
+        return jax.default_backend()
+    return next(iter(devices)).platform
 
 
 def _target(platform: str) -> str:
@@ -160,7 +167,7 @@ def fused_qkv_split_qk_norm_rope_cache(
     else:
         check_layer(tuple(arrays["key_cache"].shape), None)
 
-    platform = _platform()
+    platform = _platform(arrays["qkv"])
     target = _target(platform)
     plan = plan_launch(
         _info(arrays["qkv"]), _info(arrays["q_weight"]), _info(arrays["k_weight"]), _info(arrays["cos"]),
