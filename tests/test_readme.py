@@ -23,3 +23,29 @@ def test_readme_names_the_public_signature():
     readme = (ROOT / "README.md").read_text()
     for name in inspect.signature(fused_qkv_split_qk_norm_rope_cache).parameters:
         assert f"`{name}`" in readme, name
+
+
+def _python_block(after: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(after, 1)[1].split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_torch_example_runs():
+    from conftest import DEVICE
+
+    code = _python_block("## Use from PyTorch").replace('"cuda"', repr(DEVICE))
+    scope = {}
+    exec(compile(code, "README.md (torch example)", "exec"), scope)
+    assert scope["q"].shape == (4, 32, 128) and scope["k"].shape == (4, 8, 128)
+    kc = scope["key_cache"]
+    assert kc[2, :4].float().abs().sum() > 0 and kc[3:].float().abs().sum() == 0  # slots 32..35 = block 2
+
+
+def test_jax_example_runs():
+    code = _python_block("## Use from JAX")
+    scope = {}
+    exec(compile(code, "README.md (JAX example)", "exec"), scope)
+    kc = scope["key_cache"]
+    assert scope["qs"].shape == (4, 1, 32, 128)
+    assert float(abs(kc[:, 0, :3].astype("float32")).sum()) > 0  # slots 0..2 written in every layer
+    assert float(abs(kc[:, 1:].astype("float32")).sum()) == 0

@@ -73,3 +73,13 @@ def test_without_donation_the_input_cache_is_unchanged():
                                         a["positions"], kc, vc, a["slot_mapping"], **static))(arr, kc, vc)
     assert np.array_equal(np.asarray(kc).view(np.int16), before.view(np.int16))
     assert not np.array_equal(np.asarray(out.key_cache).view(np.int16), before.view(np.int16))
+
+
+def test_jax_triton_import_keeps_triton_cache_dir():
+    import os
+
+    from fused_qkv.jax_api.op import _import_jax_triton
+
+    before = os.environ.get("TRITON_CACHE_DIR")
+    _import_jax_triton()
+    assert os.environ.get("TRITON_CACHE_DIR") == before
