@@ -278,13 +278,14 @@ def check_against_oracle(case: Case, args, kwargs, out, kc_before, vc_before, kc
 
 
 def run_torch(case: Case, device="cpu"):
+    """The case through the torch frontend, checked against the oracle; returns (outputs, key_cache, value_cache)."""
     from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache
 
     args, kwargs = make_inputs(case, device)
     kc_before, vc_before = args["key_cache"].detach().cpu().clone(), args["value_cache"].detach().cpu().clone()
     out = fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
     check_against_oracle(case, args, kwargs, out, kc_before, vc_before, args["key_cache"], args["value_cache"])
-    return out
+    return out, args["key_cache"], args["value_cache"]
 
 
 # ---------------------------------------------------------------- JAX bridging (same inputs, both frameworks)
@@ -317,7 +318,8 @@ def from_numpy(a):
 
 
 def run_jax(case: Case, check=True, jit=False):
-    """The same case through the JAX frontend; returns (outputs as torch tensors, args, kwargs)."""
+    """The case through the JAX frontend, checked against the oracle; returns (outputs as torch tensors,
+    key_cache, value_cache)."""
     import jax
     import jax.numpy as jnp
     from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache
