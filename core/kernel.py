@@ -110,6 +110,18 @@ def _load_weight(w_ptr, offs, mask, offset):
 
 
 @triton.jit
+def _norm_parts(a, b, p, w_ptr, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, eps, offset):
+    """RMSNorm of one head held as its three channel groups, weight ``w + offset`` read once per channel."""
+    r = _rms_scale(a, b, p, HEAD_DIM, eps)[:, None]
+    a = a * r * _load_weight(w_ptr, a_offs, half_mask, offset)
+    b = b * r * _load_weight(w_ptr, b_offs, half_mask, offset)
+    if HAS_PASS:
+        p = p * r * _load_weight(w_ptr, p_offs, pass_mask, offset)
+    return a, b, p
+
+
+@triton.jit
 def _store_head(
     base,  # [BLOCK_T, 1] pointers to channel 0 of the head
     row_mask,  # [BLOCK_T, 1]
@@ -224,18 +236,12 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         off = tl.cast(norm_weight_offset, tl.float32)
         if is_q:
             if HAS_Q_NORM:
-                r = _rms_scale(a, b, p, HEAD_DIM, eps32)[:, None]
-                a = a * r * _load_weight(q_weight_ptr, a_offs, half_mask, off)
-                b = b * r * _load_weight(q_weight_ptr, b_offs, half_mask, off)
-                if HAS_PASS:
-                    p = p * r * _load_weight(q_weight_ptr, p_offs, pass_mask, off)
+                a, b, p = _norm_parts(a, b, p, q_weight_ptr, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                                      HAS_PASS, HEAD_DIM, eps32, off)
         else:
             if HAS_K_NORM:
-                r = _rms_scale(a, b, p, HEAD_DIM, eps32)[:, None]
-                a = a * r * _load_weight(k_weight_ptr, a_offs, half_mask, off)
-                b = b * r * _load_weight(k_weight_ptr, b_offs, half_mask, off)
-                if HAS_PASS:
-                    p = p * r * _load_weight(k_weight_ptr, p_offs, pass_mask, off)
+                a, b, p = _norm_parts(a, b, p, k_weight_ptr, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                                      HAS_PASS, HEAD_DIM, eps32, off)
 
         # rotary tables: row = clamp(position + offset, 0, rows - 1)
         pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0).to(tl.int64)
