@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session's checks (run through the device tool on the H100; see README "Platforms").
+#   bash .ci/gpu.sh            the whole test suite on cuda + the demo
+#   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
+#                              then the JAX donation benchmark
 # Writes full logs under $OUT (default ./gpu-out).
+mode=${1:-tests}
 set -o pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -15,6 +19,14 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/install.lo
   python3 -c "import sys, torch, triton, jax; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'jax', jax.__version__, jax.devices())"
 } 2>&1 | tee "$OUT/env.txt"
 rc=0
+if [ "$mode" = sanitize ]; then
+  # no caching allocator: every tensor is its own allocation, so memcheck sees any access past its end
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONUNBUFFERED=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    python3 tests/gpu/sanitize_cases.py 40 >"$OUT/sanitizer.log" 2>&1 || rc=1
+  grep -E "SANITIZE RUN DONE|ERROR SUMMARY" "$OUT/sanitizer.log"; tail -3 "$OUT/sanitizer.log"
+  python3 -m fused_qkv.bench.jax_donation --out "$OUT/jax_donation.json" 2>&1 | tee "$OUT/jax_donation.log" || rc=1
+  exit $rc
+fi
 FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider tests -rf 2>&1 \
   | tee "$OUT/pytest_cuda.log" | tail -25 || rc=1
 python3 -m fused_qkv.bench.cli demo --device cuda 2>&1 | tee "$OUT/demo_cuda.log" || rc=1

@@ -58,3 +58,44 @@ def test_torch_compile_fullgraph_matches_eager():
     assert torch.equal(a1["key_cache"].view(torch.uint8), a2["key_cache"].view(torch.uint8))
     assert torch.equal(a1["value_cache"].view(torch.uint8), a2["value_cache"].view(torch.uint8))
     check_against_oracle(case, a2, k2, FusedQKVOutput(*got[:4]), kc0, vc0, a2["key_cache"], a2["value_cache"])
+
+
+def test_compiled_attention_block_reads_the_paged_cache():
+    """A small attention layer under torch.compile(fullgraph=True): projection, the op, attention over K/V read
+    back from the paged cache, output projection. Matches eager, and attention on the oracle's q/k/v."""
+    import torch.nn.functional as F
+    from helpers import np64, oracle_for
+
+    case = Case(T=6, QH=4, KVH=2, D=64, num_blocks=4, block_size=4)
+    args, kwargs = make_inputs(case, DEVICE)
+    gen = torch.Generator().manual_seed(1)
+    hidden = 96
+    x = torch.randn(case.T, hidden, generator=gen).to(torch.bfloat16).to(DEVICE)
+    w_qkv = (torch.randn(hidden, case.width, generator=gen) / hidden**0.5).to(torch.bfloat16).to(DEVICE)
+    w_o = (torch.randn(case.QH * case.D, hidden, generator=gen) / 16).to(torch.bfloat16).to(DEVICE)
+
+    def layer(x, key_cache, value_cache):
+        qkv = x @ w_qkv
+        out = op(qkv, args["q_weight"], args["k_weight"], args["cos"], args["sin"], args["positions"], key_cache,
+                 value_cache, args["slot_mapping"], **kwargs)
+        k = key_cache.flatten(0, 1)[args["slot_mapping"]]  # [T, KVH, D] read back from the pages
+        v = value_cache.flatten(0, 1)[args["slot_mapping"]]
+        rep = case.QH // case.KVH
+        attn = F.scaled_dot_product_attention(out.q.transpose(0, 1), k.repeat_interleave(rep, 1).transpose(0, 1),
+                                              v.repeat_interleave(rep, 1).transpose(0, 1), is_causal=True)
+        return attn.transpose(0, 1).reshape(case.T, -1) @ w_o, qkv
+
+    kc_e, vc_e = args["key_cache"].clone(), args["value_cache"].clone()
+    kc_c, vc_c = args["key_cache"].clone(), args["value_cache"].clone()
+    eager, qkv = layer(x, kc_e, vc_e)
+    compiled, _ = torch.compile(layer, fullgraph=True, dynamic=False)(x, kc_c, vc_c)
+    torch.testing.assert_close(compiled.float(), eager.float(), rtol=2e-2, atol=2e-2)
+    assert torch.equal(kc_c.view(torch.int16), kc_e.view(torch.int16))
+    assert torch.equal(vc_c.view(torch.int16), vc_e.view(torch.int16))
+    # reference: float64 attention on the oracle's q, k, v
+    ref = oracle_for(case, dict(args, qkv=qkv), kwargs)
+    q, k, v = (torch.from_numpy(a).transpose(0, 1) for a in (ref.q, ref.k, ref.v))
+    rep = case.QH // case.KVH
+    att = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0), is_causal=True)
+    want = att.transpose(0, 1).reshape(case.T, -1) @ torch.from_numpy(np64(w_o))
+    torch.testing.assert_close(np64(compiled), want.numpy(), rtol=3e-2, atol=3e-2)

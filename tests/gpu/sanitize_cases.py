@@ -1,0 +1,32 @@
+"""Run under ``compute-sanitizer --tool memcheck``: the oracle case list plus fuzzed configurations through the
+torch op on CUDA (each also checked against the oracle). The sanitizer reports any out-of-bounds access."""
+
+import os
+import random
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("FUSED_QKV_TEST_DEVICE", "cuda")
+
+from helpers import run_torch  # noqa: E402
+from hypothesis.errors import NonInteractiveExampleWarning  # noqa: E402
+from test_fuzz import cases  # noqa: E402
+from test_torch_op import DEVICE_CASES  # noqa: E402
+
+warnings.filterwarnings("ignore", category=NonInteractiveExampleWarning)
+
+
+def main(n_fuzz: int) -> int:
+    random.seed(0)
+    configs = list(DEVICE_CASES) + [cases().example() for _ in range(n_fuzz)]
+    for case in configs:
+        if case.table == "vllm_view" and case.table_dtype == "float32":
+            continue
+        run_torch(case, "cuda")
+    print(f"SANITIZE RUN DONE: {len(configs)} configurations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 40))
