@@ -1,5 +1,6 @@
-"""Portability: every kernel specialisation the oracle tests launch compiles ahead of time for
-CUDA sm_90, ROCm gfx942 (MI300) and gfx950 (MI350) -- on a CPU-only machine.
+"""Portability: every kernel specialisation the oracle tests launch, as the torch and as the JAX frontend
+specialise it, compiles ahead of time for CUDA sm_90, ROCm gfx942 (MI300) and gfx950 (MI350) -- on a
+CPU-only machine.
 
 The interpreter does not type-check the kernel as the compiler does, so this is also
 what keeps CPU CI honest about compiled code. fp8 cache dtypes go to the targets that
@@ -15,9 +16,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from fused_qkv.core import plan_launch
 from fused_qkv.core.aot import compile_for
 from fused_qkv.core.spec import TARGET_FP8
-from fused_qkv.torch_api.op import _plan, _select_layer
+from fused_qkv.torch_api.op import _info, _plan, _select_layer
 from helpers import make_inputs
 from test_torch_op import CASES
 
@@ -58,9 +61,25 @@ def compile_case(case, target):
                 gate=_dtype(args["qkv"]) if c["HAS_GATE"] else None,
                 k=_dtype(args["qkv"]) if c["RETURN_KV"] else None, v=_dtype(args["qkv"]) if c["RETURN_KV"] else None,
                 key_cache=_dtype(kc), value_cache=_dtype(vc))
-    kernel = compile_for(plan, ptrs, target)
     binary = "cubin" if target == "cuda" else "hsaco"
-    assert len(kernel.asm[binary]) > 0
+    assert len(compile_for(plan, ptrs, target).asm[binary]) > 0
+
+    # the JAX frontend's specialisation of the same case: every pointer present (jax-triton passes 1-element
+    # dummies for absent ones), caches with their layer axis and the layer index read inside the kernel
+    infos = {k: _info(v, k, False) for k, v in {**args, **kwargs}.items() if isinstance(v, torch.Tensor)}
+    jplan = plan_launch(infos["qkv"], infos.get("q_weight"), infos.get("k_weight"), infos["cos"], infos["sin"],
+                        infos["positions"], infos["key_cache"], infos["value_cache"], infos["slot_mapping"],
+                        num_q_heads=kwargs["num_q_heads"], num_kv_heads=kwargs["num_kv_heads"],
+                        head_dim=kwargs["head_dim"], eps=kwargs["eps"], norm_weight_offset=kwargs["norm_weight_offset"],
+                        is_neox=kwargs["is_neox"], rotary_dim=kwargs["rotary_dim"], offsets=infos.get("offsets"),
+                        attn_output_gate=kwargs["attn_output_gate"], gated_qkv_layout=kwargs["gated_qkv_layout"],
+                        k_scale=infos.get("k_scale"), v_scale=infos.get("v_scale"),
+                        kv_cache_layout=kwargs["kv_cache_layout"], return_kv=kwargs["return_kv"],
+                        layer="dynamic" if case.layers else None, target=target,
+                        warp_size=64 if target.startswith("hip") else 32)
+    jptrs = {k: v if v is not None else "float32" for k, v in ptrs.items()}
+    jptrs["layer"] = "int32" if case.layers else "float32"
+    assert len(compile_for(jplan, jptrs, target).asm[binary]) > 0
 
 
 def main(target):

@@ -39,6 +39,7 @@ BAD = [
     ("table_width", _set("cos", lambda a, k: a["cos"][:, :7]), ValueError, "cos last dim must be rotary_dim/2"),
     ("table_shape_mismatch", _set("sin", lambda a, k: a["sin"][:5]), ValueError, "cos and sin must have the same"),
     ("table_dtype", _dt("cos", torch.float64), TypeError, "cos must have dtype"),
+    ("table_int", _dt("sin", torch.int32), TypeError, "sin must have dtype"),
     ("table_rank", _set("sin", lambda a, k: a["sin"][0]), ValueError, "sin must be 2-D"),
     ("weight_len", _set("q_weight", lambda a, k: a["q_weight"][:32]), ValueError, "q_weight must have head_dim"),
     ("weight_dtype", _dt("k_weight", torch.int64), TypeError, "k_weight must have dtype"),
@@ -60,6 +61,7 @@ BAD = [
      ValueError, "key_cache must be contiguous in head_dim"),
     ("caches_alias", _set("value_cache", lambda a, k: a["key_cache"]), ValueError, "must not overlap"),
     ("scale_dtype", _set("k_scale", _ones(1, dtype=torch.float64)), TypeError, "k_scale must have dtype"),
+    ("scale_int", _set("k_scale", _ones(1, dtype=torch.int32)), TypeError, "k_scale must have dtype"),
     ("scale_size", _set("v_scale", _ones(3)), ValueError, "v_scale must hold 1 element or num_kv_heads"),
     ("scale_rank", _set("v_scale", _ones(2, 1)), ValueError, "v_scale must hold 1 element"),
     ("eps_type", _set("eps", "1e-6"), TypeError, "eps must be a Python float"),
@@ -141,3 +143,36 @@ def test_fp8_dtype_per_target():
         for dt in bad:
             with pytest.raises(TypeError, match=f"key_cache dtype {dt} is not supported on target {target}"):
                 plan(dt, target)
+
+
+# The same bad inputs through the JAX frontend. Not applicable there: strides (JAX arrays are contiguous),
+# aliasing (functional caches), devices (JAX places arrays itself), float64 (without jax_enable_x64 JAX turns
+# float64 into float32 before the op sees it; the int-typed cases cover wrong dtypes there).
+JAX_NOT_APPLICABLE = {"qkv_col_stride", "cache_last_stride", "caches_alias", "qkv_dtype", "table_dtype",
+                      "scale_dtype"}
+JAX_TEXT = {"qkv_not_tensor": "qkv must be a jax.Array", "missing_tensor": "cos must be a jax.Array",
+            "layer_type": "layer must be None, an int"}
+JAX_BAD = [b for b in BAD if b[0] not in JAX_NOT_APPLICABLE]
+
+
+@pytest.mark.parametrize("mutate,exc,text", [b[1:] for b in JAX_BAD], ids=[b[0] for b in JAX_BAD])
+def test_bad_input_raises_in_jax(request, mutate, exc, text):
+    import jax
+    import jax.numpy as jnp
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
+    from helpers import to_numpy
+
+    case_id = request.node.callspec.id
+    args, kwargs = make_inputs(Case(with_offsets=True), "cpu")
+    mutate(args, kwargs)
+
+    def conv(v):
+        return jnp.asarray(to_numpy(v)) if isinstance(v, torch.Tensor) else v
+
+    jargs = {k: conv(v) for k, v in args.items()}
+    jkw = {k: conv(v) for k, v in kwargs.items()}
+    with pytest.raises(exc) as info:
+        jax.block_until_ready(jop(**jargs, **jkw))
+    want = JAX_TEXT.get(case_id, text)
+    if want is not None:
+        assert want in str(info.value)
