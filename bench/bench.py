@@ -1,0 +1,355 @@
+"""``fused-qkv bench``: the fused op against its baselines, side by side on identical inputs, in one process.
+
+Implementations (the baselines are the tests' reference chains, ``torch_api.reference`` / ``jax_api.reference``):
+
+- ``fused_torch``: this project's torch op;  ``fused_jax``: this project's JAX op (jitted, caches donated);
+- ``unfused_eager``: the torch chain, eager;  ``compiled_math``: its split/norm/RoPE under ``torch.compile`` with
+  the cache write kept as an eager ``index_copy_`` (how serving engines keep the cache write opaque);
+- ``unfused_jax``: the JAX chain under ``jax.jit`` with donated caches;
+- ``floor``: the fewest bytes this configuration must move / the device-to-device copy bandwidth measured in the
+  same run (bytes read plus bytes written).
+
+GPU time: torch callables are captured in a CUDA graph and the replays timed with CUDA events; JAX callables run
+``reps`` times inside one jitted ``lax.fori_loop`` (positions shifted per iteration so nothing is hoisted) and the
+loop is timed. At T <= 1024 the working set fits the 50 MB L2, so those sizes are latency figures, not bandwidth.
+Host overhead of one eager call is reported as a ratio to one small aten op timed the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+SHAPES = {
+    "S1": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="bfloat16", scale=False, return_kv=True),
+    "S2": dict(num_q_heads=16, num_kv_heads=2, head_dim=256, norm_weight_offset=1.0, rotary_dim=64,
+               attn_output_gate=True, cache="bfloat16", scale=False, return_kv=True),
+    "S3": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="float8_e4m3fn", scale=True, return_kv=True),
+    "S4": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="bfloat16", scale=False, return_kv=False),
+}
+TOKENS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
+CACHE_SLOTS = 1 << 18  # 256k slots: 512 MB per cache for S1 (10x the H100's L2)
+BLOCK_SIZE = 16
+MAX_POS = 1 << 17
+L2_TOKENS = 1024  # at or below: latency only
+
+
+def min_bytes(shape: dict, T: int) -> int:
+    """Each input read once, each output written once (bf16 activations, fp32 half tables, int64 indices)."""
+    QH, KVH, D = shape["num_q_heads"], shape["num_kv_heads"], shape["head_dim"]
+    R = shape["rotary_dim"] or D
+    gate = shape["attn_output_gate"]
+    width = (QH * (2 if gate else 1) + 2 * KVH) * D
+    cache_item = 1 if shape["cache"].startswith("float8") else 2
+    b = T * width * 2  # qkv
+    b += 2 * T * (R // 2) * 4  # cos, sin rows
+    b += 2 * T * 8  # positions, slot_mapping
+    b += T * QH * D * 2 * (2 if gate else 1)  # q (+ gate)
+    b += (2 * T * KVH * D * 2) if shape["return_kv"] else 0  # k, v outputs
+    b += 2 * T * KVH * D * cache_item  # cache writes
+    return b
+
+
+def _cfg(shape):
+    return {k: shape[k] for k in ("num_q_heads", "num_kv_heads", "head_dim", "norm_weight_offset", "rotary_dim",
+                                  "attn_output_gate")}
+
+
+def torch_inputs(shape: dict, T: int, seed: int = 0):
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    QH, KVH, D = shape["num_q_heads"], shape["num_kv_heads"], shape["head_dim"]
+    R = shape["rotary_dim"] or D
+    width = (QH * (2 if shape["attn_output_gate"] else 1) + 2 * KVH) * D
+    inv = 1.0 / (1e6 ** (torch.arange(0, R, 2, device="cuda", dtype=torch.float64) / R))
+    ang = torch.arange(MAX_POS, device="cuda", dtype=torch.float64)[:, None] * inv
+    cdt = getattr(torch, shape["cache"])
+    cache_shape = (CACHE_SLOTS // BLOCK_SIZE, BLOCK_SIZE, KVH, D)
+    return dict(
+        qkv=torch.randn(T, width, device="cuda", generator=g).to(torch.bfloat16),
+        q_weight=(torch.rand(D, device="cuda", generator=g) + 0.5).to(torch.bfloat16),
+        k_weight=(torch.rand(D, device="cuda", generator=g) + 0.5).to(torch.bfloat16),
+        cos=ang.cos().float(), sin=ang.sin().float(),
+        positions=torch.randint(0, MAX_POS, (T,), device="cuda", generator=g),
+        key_cache=torch.randn(cache_shape, device="cuda", generator=g).to(cdt),
+        value_cache=torch.randn(cache_shape, device="cuda", generator=g).to(cdt),
+        slot_mapping=torch.randperm(CACHE_SLOTS, device="cuda", generator=g)[:T],
+        k_scale=torch.tensor([0.5], device="cuda") if shape["scale"] else None,
+        v_scale=torch.tensor([0.7], device="cuda") if shape["scale"] else None,
+    )
+
+
+def graph_time_us(fn, reps: int) -> float:
+    """Median over 5 rounds of (CUDA-graph replays x reps) timed with events, per call."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / reps)
+    del graph
+    return float(np.median(times))
+
+
+def copy_bandwidth_gbps() -> float:
+    import torch
+
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    us = graph_time_us(lambda: dst.copy_(src), 10)
+    return 2 * n / (us * 1e-6) / 1e9
+
+
+def host_overhead(fn, reps=200) -> float:
+    """Wall time per eager call (microseconds), synchronising only at the end."""
+    import torch
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+def torch_impls(shape, inp):
+    import torch
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+    from fused_qkv.torch_api.reference import prologue_math, unfused, write_cache
+
+    cfg = _cfg(shape)
+    args = [inp[k] for k in ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache",
+                             "slot_mapping")]
+    fused = lambda: op(*args, **cfg, k_scale=inp["k_scale"], v_scale=inp["v_scale"],  # noqa: E731
+                       return_kv=shape["return_kv"])
+    eager = lambda: unfused(*args, k_scale=inp["k_scale"], v_scale=inp["v_scale"], **cfg)  # noqa: E731
+    math_c = torch.compile(prologue_math, dynamic=True)
+
+    def compiled():
+        q, gate, k, v = math_c(*args[:6], **cfg)
+        write_cache(k, v, inp["key_cache"], inp["value_cache"], inp["slot_mapping"], inp["k_scale"], inp["v_scale"])
+        return q
+
+    return {"fused_torch": fused, "unfused_eager": eager, "compiled_math": compiled}
+
+
+def jax_impls(shape, inp, reps):
+    """JAX callables that run the op ``reps`` times in one jitted loop over donated caches."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
+    from fused_qkv.jax_api.reference import unfused as junfused
+
+    cfg = _cfg(shape)
+
+    def to_jax(t):  # same values as the torch inputs
+        if t is None:
+            return None
+        if t.dtype == torch.bfloat16 or t.element_size() == 1:
+            return jnp.asarray(t.float().cpu().numpy()).astype(jnp.dtype(str(t.dtype).removeprefix("torch.")))
+        return jnp.asarray(t.cpu().numpy())
+
+    j = {k: to_jax(v) for k, v in inp.items()}
+    j["positions"] = j["positions"].astype(jnp.int32)
+    j["slot_mapping"] = j["slot_mapping"].astype(jnp.int32)
+
+    def loop(body):
+        def run(key_cache, value_cache, j):
+            def step(i, carry):
+                kc, vc, _ = carry
+                pos = (j["positions"] + i) % MAX_POS
+                q, kc, vc = body(j, pos, kc, vc)
+                return kc, vc, q
+            q0 = jnp.zeros((j["qkv"].shape[0], shape["num_q_heads"], shape["head_dim"]), jnp.bfloat16)
+            return jax.lax.fori_loop(0, reps, step, (key_cache, value_cache, q0))
+        return jax.jit(run, donate_argnums=(0, 1))
+
+    def fused_body(j, pos, kc, vc):
+        out = jop(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc, j["slot_mapping"],
+                  k_scale=j["k_scale"], v_scale=j["v_scale"], return_kv=shape["return_kv"], **cfg)
+        return out.q, out.key_cache, out.value_cache
+
+    def unfused_body(j, pos, kc, vc):
+        q, _, _, _, kc, vc = junfused(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc,
+                                      j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], **cfg)
+        return q, kc, vc
+
+    return j, {"fused_jax": loop(fused_body), "unfused_jax": loop(unfused_body)}
+
+
+def jax_time_us(fn, j, reps) -> float:
+    import jax
+
+    kc, vc = j["key_cache"], j["value_cache"]
+    rest = {k: v for k, v in j.items() if k not in ("key_cache", "value_cache")}
+    kc, vc, q = fn(kc, vc, rest)  # compile + warm up
+    jax.block_until_ready(q)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        kc, vc, q = fn(kc, vc, rest)
+        jax.block_until_ready((kc, vc, q))
+        times.append((time.perf_counter() - t0) / reps * 1e6)
+    j["key_cache"], j["value_cache"] = kc, vc
+    return float(np.median(times))
+
+
+def run(shapes, tokens, out_dir, with_jax=True):
+    import torch
+
+    os.makedirs(out_dir, exist_ok=True)
+    dev = torch.cuda.get_device_name()
+    copy_bw = copy_bandwidth_gbps()
+    x, y = torch.randn(16, device="cuda"), torch.empty(16, device="cuda")
+    aten_us = host_overhead(lambda: torch.add(x, 1.0, out=y))
+    print(f"device: {dev}; copy bandwidth {copy_bw:.0f} GB/s (read + write); one aten op {aten_us:.1f} us host")
+    rows, host = [], {}
+    for sname in shapes:
+        shape = SHAPES[sname]
+        for T in tokens:
+            inp = torch_inputs(shape, T)
+            nbytes = min_bytes(shape, T)
+            reps = 200 if T <= 1024 else 20
+            res = {}
+            for name, fn in torch_impls(shape, inp).items():
+                res[name] = graph_time_us(fn, reps)
+                if T == 16:
+                    host[f"{sname}:{name}"] = host_overhead(fn) / aten_us
+            if with_jax:
+                j, impls = jax_impls(shape, inp, reps)
+                for name, fn in impls.items():
+                    res[name] = jax_time_us(fn, j, reps)
+                del j
+            res["floor"] = nbytes / (copy_bw * 1e9) * 1e6
+            for name, us in res.items():
+                rows.append(dict(shape=sname, T=T, impl=name, us=us, bytes=nbytes,
+                                 gbps=nbytes / (us * 1e-6) / 1e9, pct_copy=100 * nbytes / (us * 1e-6) / 1e9 / copy_bw,
+                                 latency_only=T <= L2_TOKENS))
+            f = res["fused_torch"]
+            line = " ".join(f"{k}={v:8.1f}" for k, v in res.items())
+            print(f"{sname} T={T:>6} {line}  | fused {nbytes / (f * 1e-6) / 1e9:6.0f} GB/s "
+                  f"{100 * nbytes / (f * 1e-6) / 1e9 / copy_bw:5.1f}% of copy", flush=True)
+            del inp
+            torch.cuda.empty_cache()
+    result = dict(device=dev, copy_bandwidth_gbps=copy_bw, aten_op_host_us=aten_us, host_overhead_ratio=host,
+                  rows=rows)
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print_table(result)
+    plot(result, os.path.join(out_dir, "bench.png"))
+    return result
+
+
+def print_table(result):
+    rows = result["rows"]
+    impls = ["fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax", "floor"]
+    print("\nGPU time per call (us); fused GB/s and % of copy bandwidth; speed-up of fused_torch over baselines"
+          " (fused_jax over unfused_jax); * = T <= 1024: latency only (working set in L2)")
+    by = {}
+    for r in rows:
+        by.setdefault((r["shape"], r["T"]), {})[r["impl"]] = r
+    head = f"{'shape':<5} {'T':>6} " + " ".join(f"{i:>13}" for i in impls) + \
+        f" {'GB/s':>6} {'%copy':>6} {'x eager':>8} {'x compile':>9} {'jax x':>6} {'jax/torch':>9}"
+    print(head)
+    for (s, T), d in by.items():
+        get = lambda k, d=d: d[k]["us"] if k in d else float("nan")  # noqa: E731
+        f = d["fused_torch"]
+        print(f"{s:<5} {T:>6} " + " ".join(f"{get(i):>13.1f}" for i in impls) +
+              f" {f['gbps']:>6.0f} {f['pct_copy']:>5.1f}{'*' if f['latency_only'] else ' '}"
+              f" {get('unfused_eager') / get('fused_torch'):>8.2f} {get('compiled_math') / get('fused_torch'):>9.2f}"
+              f" {get('unfused_jax') / get('fused_jax'):>6.2f} {get('fused_jax') / get('fused_torch'):>9.2f}")
+    print("host overhead per eager call at T=16, in aten ops:",
+          ", ".join(f"{k} {v:.2f}" for k, v in result["host_overhead_ratio"].items()))
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted({r["shape"] for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+    for ax, s in zip(axes[0], shapes, strict=True):
+        for impl in ["fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax"]:
+            pts = [(r["T"], r["gbps"]) for r in result["rows"] if r["shape"] == s and r["impl"] == impl]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
+        ax.axhline(result["copy_bandwidth_gbps"], color="k", ls="--", label="copy bandwidth")
+        ax.axvspan(1, L2_TOKENS, color="0.9", label="T <= 1024: in L2 (latency)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens T")
+        ax.set_ylabel("achieved GB/s (minimal bytes / time)")
+        ax.set_title(f"{s} on {result['device']}")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def smoke():
+    """CPU: no timing; check that every implementation runs and agrees on a tiny S1-like batch."""
+    print("CPU smoke run: no GPU here, so nothing is timed; checking that every implementation runs.")
+    import torch
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+    from fused_qkv.torch_api.reference import unfused
+
+    T, QH, KVH, D = 4, 4, 2, 64
+    qkv = torch.randn(T, (QH + 2 * KVH) * D).to(torch.bfloat16)
+    w = torch.ones(D, dtype=torch.bfloat16)
+    ang = torch.arange(16)[:, None] * (1.0 / 1e4 ** (torch.arange(0, D, 2) / D))
+    kc, vc = torch.zeros(4, 4, KVH, D, dtype=torch.bfloat16), torch.zeros(4, 4, KVH, D, dtype=torch.bfloat16)
+    args = (qkv, w, w, ang.cos(), ang.sin(), torch.arange(T), kc, vc, torch.arange(T))
+    a = op(*args, num_q_heads=QH, num_kv_heads=KVH, head_dim=D).q
+    b = unfused(*args, num_q_heads=QH, num_kv_heads=KVH, head_dim=D)[0]
+    err = (a.float() - b.float()).abs().max().item()
+    print(f"fused vs unfused torch chain on CPU: max |diff| {err:.3g} (bf16 chain rounding)")
+    return 0 if math.isfinite(err) and err < 0.1 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fused-qkv bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="S1,S2,S3,S4")
+    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--no-jax", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    if not gpu:
+        return smoke()
+    run(args.shapes.split(","), [int(t) for t in args.tokens.split(",")], args.out, with_jax=not args.no_jax)
+    return 0
