@@ -3,6 +3,7 @@
 #   bash .ci/gpu.sh            the whole test suite on cuda + the demo
 #   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
 #                              then the JAX donation benchmark
+#   bash .ci/gpu.sh bench ARGS fused-qkv bench ARGS, results (table, JSON, PNG) under $OUT
 # Writes full logs under $OUT (default ./gpu-out).
 mode=${1:-tests}
 set -o pipefail
@@ -19,6 +20,11 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/install.lo
   python3 -c "import sys, torch, triton, jax; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'jax', jax.__version__, jax.devices())"
 } 2>&1 | tee "$OUT/env.txt"
 rc=0
+if [ "$mode" = bench ]; then
+  shift
+  PYTHONUNBUFFERED=1 python3 -m fused_qkv.bench.cli bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+  exit "${PIPESTATUS[0]}"
+fi
 if [ "$mode" = sanitize ]; then
   # no caching allocator: every tensor is its own allocation, so memcheck sees any access past its end
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONUNBUFFERED=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
