@@ -338,11 +338,7 @@ def plan_launch(
         scale_modes[name] = 1 if sc.numel == 1 else 2
 
     # ---- overlaps: outputs written in place must not alias any other argument ----
-    if _may_share_elements(key_cache, value_cache):
-        raise ValueError("key_cache and value_cache must not overlap in memory")
-    for cname, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
-        if _may_share_elements(cache, qkv):
-            raise ValueError(f"{cname} must not overlap qkv in memory")
+    check_overlaps(qkv, key_cache, value_cache)
 
     # ---- constexprs ----
     def fp8(dtype):
@@ -439,6 +435,15 @@ def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32
     elems = block_t * block_d
     num_warps = min(8, next_pow2(max(1, elems // (8 * warp_size))))
     return block_t, num_warps
+
+
+def check_overlaps(qkv: ArrayInfo, key_cache: ArrayInfo, value_cache: ArrayInfo) -> None:
+    """The caches are written in place: they must not share memory with each other or with qkv."""
+    if _may_share_elements(key_cache, value_cache):
+        raise ValueError("key_cache and value_cache must not overlap in memory")
+    for cname, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if _may_share_elements(cache, qkv):
+            raise ValueError(f"{cname} must not overlap qkv in memory")
 
 
 def _may_share_elements(a: ArrayInfo, b: ArrayInfo) -> bool:

@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
 from fused_qkv.core.launch import launch_interpreted
+from fused_qkv.core.spec import check_overlaps
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
 _REQUIRED = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
@@ -76,6 +77,36 @@ def _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, 
     ), target
 
 
+_PLAN_CACHE: dict = {}
+_PLAN_CACHE_MAX = 512
+
+
+def _meta(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+                 num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+                 gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv):
+    """``_plan`` memoised on tensor metadata and configuration (the plan depends on nothing else); the checks
+    that depend on data pointers (overlaps) run on every call."""
+    key = (tuple(_meta(t) for t in (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache,
+                                     slot_mapping, offsets, k_scale, v_scale)),
+           num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, attn_output_gate,
+           gated_qkv_layout, kv_cache_layout, return_kv)
+    hit = _PLAN_CACHE.get(key)
+    if hit is None:
+        hit = _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+                    num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+                    gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr=False)
+        if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
+            _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = hit
+    check_overlaps(*(_info(t, n, True) for t, n in ((qkv, "qkv"), (key_cache, "key_cache"),
+                                                     (value_cache, "value_cache"))))
+    return hit
+
+
 def _select_layer(key_cache, value_cache, layer):
     check_layer(tuple(key_cache.shape), layer)
     if layer is None:
@@ -108,11 +139,21 @@ def _fused_op(
     attn_output_gate: bool, gated_qkv_layout: str, k_scale: Optional[torch.Tensor],
     v_scale: Optional[torch.Tensor], kv_cache_layout: str, return_kv: bool, layer: Optional[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+                   num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+                   gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
+
+
+def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+            num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+            gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer):
+    """The op's implementation: plan (cached), allocate, launch. Called by the registered op, and directly by
+    the public function for eager calls on plain tensors (the dispatcher's Python custom-op path costs far
+    more host time than the launch itself)."""
     kc, vc = _select_layer(key_cache, value_cache, layer)
-    plan, target = _plan(qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads,
-                         num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets,
-                         attn_output_gate, gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv,
-                         with_ptr=True)
+    plan, target = _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads,
+                                num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets,
+                                attn_output_gate, gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv)
     outs = _outputs(plan, qkv)
     if plan.grid[0] > 0:
         inputs = dict(zip(INPUT_NAMES, (qkv, q_weight, k_weight, cos, sin, positions, offsets, slot_mapping,
@@ -140,6 +181,15 @@ def _fused_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, valu
                     gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr=False)
     outs = _outputs(plan, qkv)
     return _with_placeholders(outs, qkv)
+
+
+def _plain_eager(*tensors) -> bool:
+    """True when nothing observes the call but eager execution: not traced by torch.compile, no tensor
+    subclass (fake, functional, ...), no dispatch or function mode, no autograd on the inputs."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._is_torch_function_mode_enabled():
+        return False
+    return all(type(t) is torch.Tensor and not t.requires_grad for t in tensors)
 
 
 def fused_qkv_split_qk_norm_rope_cache(
@@ -227,7 +277,8 @@ def fused_qkv_split_qk_norm_rope_cache(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
         raise TypeError(f"layer must be None or a Python int, got {type(layer).__name__}")
-    q, gate, k, v = torch.ops.fused_qkv.split_qk_norm_rope_cache(
+    call = _launch if _plain_eager(qkv, key_cache, value_cache) else torch.ops.fused_qkv.split_qk_norm_rope_cache
+    q, gate, k, v = call(
         qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
         num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
         gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
