@@ -10,7 +10,7 @@ Implementations (the baselines are the tests' reference chains, ``torch_api.refe
   same run (bytes read plus bytes written).
 
 GPU time: torch callables are captured in a CUDA graph and the replays timed with CUDA events; JAX callables run
-5 and 25 times inside one jitted, unrolled ``lax.fori_loop`` (positions shifted per iteration so nothing is
+4 and 16 times inside one jitted, unrolled ``lax.fori_loop`` (positions shifted per iteration so nothing is
 hoisted) and the per-call time is the slope between the two.
 At T <= 1024 the working set fits the 50 MB L2, so those sizes are latency figures, not bandwidth.
 Host overhead of one eager call is reported as a ratio to one small aten op timed the same way.
@@ -255,7 +255,7 @@ def run(shapes, tokens, out_dir, with_jax=True):
                     host[f"{sname}:{name}"] = host_overhead(fn) / aten_us
             if with_jax:
                 # slope between two loop lengths: the executable's fixed launch cost cancels out
-                short, long_ = 5, 25
+                short, long_ = 4, 16
                 j, impls_s = jax_impls(shape, inp, short)
                 _, impls_l = jax_impls(shape, inp, long_)
                 for name in impls_s:
