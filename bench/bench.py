@@ -117,11 +117,35 @@ def graph_time_us(fn, reps: int) -> float:
     return float(np.median(times))
 
 
+def _triton_copy():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def copy_kernel(src, dst, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+
+    return copy_kernel
+
+
 def copy_bandwidth_gbps() -> float:
-    """Best of several large device-to-device copies (bytes read + written per second)."""
+    """Best of several large device-to-device copies (bytes read + written per second): torch's copy_ and a
+    plain vectorised Triton copy, 1 and 4 GiB."""
     import torch
 
     best = 0.0
+    kern = _triton_copy()
+    for nbytes in (1 << 30, 1 << 32):
+        src = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda").random_(0, 1 << 30)
+        dst = torch.empty_like(src)
+        for block, warps in ((4096, 4), (8192, 8), (16384, 8)):
+            grid = (triton_cdiv(src.numel(), block),)
+            us = graph_time_us(lambda s=src, d=dst, b=block, w=warps, g=grid: kern[g](s, d, s.numel(), BLOCK=b,
+                                                                                   num_warps=w), 5)
+            best = max(best, 2 * nbytes / (us * 1e-6) / 1e9)
+        del src, dst
     for nbytes in (1 << 30, 1 << 32):
         for dtype in (torch.uint8, torch.float32, torch.int64):
             src = torch.empty(nbytes // torch.empty(0, dtype=dtype).element_size(), dtype=dtype, device="cuda")
@@ -132,6 +156,10 @@ def copy_bandwidth_gbps() -> float:
             del src, dst
     torch.cuda.empty_cache()
     return best
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 def host_overhead(fn, reps=200) -> float:
@@ -196,21 +224,27 @@ def jax_impls(shape, inp, reps):
             def step(i, carry):
                 kc, vc, _ = carry
                 pos = (j["positions"] + i) % MAX_POS
-                q, kc, vc = body(j, pos, kc, vc)
-                return kc, vc, q
-            q0 = jnp.zeros((j["qkv"].shape[0], shape["num_q_heads"], shape["head_dim"]), jnp.bfloat16)
-            return jax.lax.fori_loop(0, reps, step, (key_cache, value_cache, q0), unroll=True)
+                outs, kc, vc = body(j, pos, kc, vc)
+                return kc, vc, outs
+            T, QH, KVH, D = j["qkv"].shape[0], shape["num_q_heads"], shape["num_kv_heads"], shape["head_dim"]
+            z = lambda h: jnp.zeros((T, h, D), jnp.bfloat16)  # noqa: E731
+            outs0 = (z(QH), z(QH) if shape["attn_output_gate"] else None,
+                     z(KVH) if shape["return_kv"] else None, z(KVH) if shape["return_kv"] else None)
+            # every output the op returns is carried, so XLA cannot drop the work behind it
+            return jax.lax.fori_loop(0, reps, step, (key_cache, value_cache, outs0), unroll=True)
         return jax.jit(run, donate_argnums=(0, 1))
 
     def fused_body(j, pos, kc, vc):
         out = jop(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc, j["slot_mapping"],
                   k_scale=j["k_scale"], v_scale=j["v_scale"], return_kv=shape["return_kv"], **cfg)
-        return out.q, out.key_cache, out.value_cache
+        return (out.q, out.gate, out.k, out.v), out.key_cache, out.value_cache
 
     def unfused_body(j, pos, kc, vc):
-        q, _, _, _, kc, vc = junfused(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc,
-                                      j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], **cfg)
-        return q, kc, vc
+        q, gate, k, v, kc, vc = junfused(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc,
+                                         j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], **cfg)
+        if not shape["return_kv"]:  # the serving case: K/V only go to the cache
+            k = v = None
+        return (q, gate, k, v), kc, vc
 
     return j, {"fused_jax": loop(fused_body), "unfused_jax": loop(unfused_body)}
 
@@ -220,13 +254,13 @@ def jax_time_us(fn, j, reps) -> float:
 
     kc, vc = j["key_cache"], j["value_cache"]
     rest = {k: v for k, v in j.items() if k not in ("key_cache", "value_cache")}
-    kc, vc, q = fn(kc, vc, rest)  # compile + warm up
-    jax.block_until_ready(q)
+    kc, vc, outs = fn(kc, vc, rest)  # compile + warm up
+    jax.block_until_ready(outs)
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        kc, vc, q = fn(kc, vc, rest)
-        jax.block_until_ready((kc, vc, q))
+        kc, vc, outs = fn(kc, vc, rest)
+        jax.block_until_ready((kc, vc, outs))
         times.append((time.perf_counter() - t0) / reps * 1e6)
     j["key_cache"], j["value_cache"] = kc, vc
     return float(np.median(times))
