@@ -47,6 +47,23 @@ def signature(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], *, 
     return sig, consts
 
 
+def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
+    """The same specialisation as ``target`` would launch it: its own tile heuristics, hardware fp8 casts."""
+    import dataclasses
+
+    from .spec import choose_tiles
+
+    warp = TARGETS[target][2]
+    block_t, num_warps = choose_tiles(plan.num_tokens, plan.constexprs["BLOCK_D"], target, warp)
+    constexprs = dict(plan.constexprs, BLOCK_T=block_t, K_SOFT_FP8=False, V_SOFT_FP8=False)
+    return dataclasses.replace(plan, constexprs=constexprs, num_warps=num_warps)
+
+
+def jax_pointer_dtypes(plan: LaunchPlan) -> dict:
+    """Pointer dtypes as the JAX frontend passes them: 1-element float32 dummies for absent arguments."""
+    return {k: v if v is not None else "float32" for k, v in plan.pointer_dtypes.items()}
+
+
 def compile_for(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], target: str, **kw):
     """Compile the kernel for ``target`` (a key of ``TARGETS``); returns Triton's compiled kernel."""
     import triton

@@ -106,6 +106,17 @@ class LaunchPlan:
     out_shapes: Mapping[str, Optional[tuple]]
     num_tokens: int
     has_layer: bool
+    # dtype name of every pointer argument (INPUT_NAMES + OUTPUT_NAMES), None where the argument is absent
+    pointer_dtypes: Mapping[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+_plan_observers: list = []
+
+
+def add_plan_observer(fn) -> None:
+    """Call ``fn(plan, target)`` for every plan made from now on (tooling: e.g. the test suite records every
+    specialisation it launches to compile each one ahead of time for every GPU target)."""
+    _plan_observers.append(fn)
 
 
 def ordered_args(inputs: Mapping[str, Any], scalars: Mapping[str, Any], outputs: Mapping[str, Any]) -> list:
@@ -399,8 +410,18 @@ def plan_launch(
         "v": ((T, KVH, D), in_dtype) if return_kv else None,
     }
     grid = (max(1, -(-T // block_t)) * num_head_progs,) if T > 0 else (0,)
-    return LaunchPlan(grid=grid, num_warps=num_warps, constexprs=constexprs, scalars=scalars,
-                      out_shapes=out_shapes, num_tokens=T, has_layer=has_layer)
+    dt = lambda a: None if a is None else a.dtype  # noqa: E731
+    pointer_dtypes = dict(
+        qkv=in_dtype, q_weight=dt(q_weight), k_weight=dt(k_weight), cos=cos.dtype, sin=sin.dtype,
+        positions=positions.dtype, offsets=dt(offsets), slot_mapping=slot_mapping.dtype, k_scale=dt(k_scale),
+        v_scale=dt(v_scale), layer="int32" if has_layer else None, key_cache_in=key_cache.dtype,
+        value_cache_in=value_cache.dtype, key_cache=key_cache.dtype, value_cache=value_cache.dtype,
+        **{n: (None if out_shapes[n] is None else in_dtype) for n in ("q", "gate", "k", "v")})
+    plan = LaunchPlan(grid=grid, num_warps=num_warps, constexprs=constexprs, scalars=scalars, out_shapes=out_shapes,
+                      num_tokens=T, has_layer=has_layer, pointer_dtypes=pointer_dtypes)
+    for fn in _plan_observers:
+        fn(plan, target)
+    return plan
 
 
 def check_layer(cache_shape, layer) -> None:

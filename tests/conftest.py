@@ -23,3 +23,29 @@ collect_ignore = [] if DEVICE.startswith("cuda") else ["gpu"]
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# Every kernel specialisation the session launches (or plans), recorded from the launch spec, so that
+# tests/test_zz_aot.py (collected last) can compile each one ahead of time for every GPU target.
+RECORDED_PLANS: dict = {}
+
+
+def _record_plan(plan, target):
+    import json
+
+    values = list(plan.constexprs.values()) + list(plan.scalars.values())
+    if not all(isinstance(v, (bool, int, float, str, type(None))) for v in values):
+        return  # symbolic shapes (fake tensors under dynamic tracing): not a specialisation that launches
+
+    key = json.dumps([sorted(plan.constexprs.items()), sorted(plan.pointer_dtypes.items()),
+                      sorted((k, abs(v) >= 2**31) for k, v in plan.scalars.items() if isinstance(v, int))],
+                     default=str)
+    RECORDED_PLANS.setdefault(key, plan)
+
+
+def _install_recorder():
+    from fused_qkv.core.spec import add_plan_observer
+
+    add_plan_observer(_record_plan)
+
+
+_install_recorder()

@@ -1,0 +1,55 @@
+"""Portability: every kernel specialisation this test session planned -- recorded from the launch spec by
+conftest, as the torch frontend and as the JAX frontend specialise it, with each target's own tile sizes --
+compiles ahead of time for CUDA sm_90, ROCm gfx942 (MI300) and gfx950 (MI350), on a CPU-only machine.
+
+Collected last (file name), so it sees the plans of every other test. The interpreter does not type-check the
+kernel as the compiler does, so this is also what keeps CPU CI honest about compiled code.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+
+from conftest import RECORDED_PLANS
+from helpers import make_inputs
+
+TARGETS = ("cuda", "hip:gfx942", "hip:gfx950")
+
+
+def _ensure_some_plans():
+    """Run alone, this file still compiles the oracle case list's plans."""
+    if RECORDED_PLANS:
+        return
+    from fused_qkv.torch_api.op import _plan, _select_layer
+    from test_torch_op import CASES
+
+    for case in CASES:
+        args, kw = make_inputs(case, "cpu")
+        kc, vc = _select_layer(args["key_cache"], args["value_cache"], kw.get("layer"))
+        _plan(args["qkv"], args["q_weight"], args["k_weight"], args["cos"], args["sin"], args["positions"], kc, vc,
+              args["slot_mapping"], kw["num_q_heads"], kw["num_kv_heads"], kw["head_dim"], kw["eps"],
+              kw["norm_weight_offset"], kw["is_neox"], kw["rotary_dim"], kw["offsets"], kw["attn_output_gate"],
+              kw["gated_qkv_layout"], kw["k_scale"], kw["v_scale"], kw["kv_cache_layout"], kw["return_kv"],
+              with_ptr=False)
+
+
+def test_every_planned_specialisation_compiles_for_every_target(tmp_path):
+    _ensure_some_plans()
+    plans = list(RECORDED_PLANS.values())
+    assert any(p.has_layer for p in plans) or len(plans) < 60  # the JAX layer path is among them in a full run
+    path = tmp_path / "plans.pickle"
+    path.write_bytes(pickle.dumps(plans))
+    script = os.path.join(os.path.dirname(__file__), "aot_compile.py")
+    procs = {t: subprocess.Popen([sys.executable, script, str(path), t], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for t in TARGETS[:2]}
+    outputs = {t: p.communicate(timeout=1200)[0] for t, p in procs.items()}  # two at a time: CI has 2 cores
+    codes = {t: p.returncode for t, p in procs.items()}
+    last = subprocess.run([sys.executable, script, str(path), TARGETS[2]], capture_output=True, text=True,
+                          timeout=1200)
+    outputs[TARGETS[2]], codes[TARGETS[2]] = last.stdout + last.stderr, last.returncode
+    print(f"{len(plans)} distinct specialisations planned in this session")
+    for t in TARGETS:
+        print(outputs[t].strip().splitlines()[-1] if outputs[t].strip() else f"{t}: no output")
+    bad = {t: outputs[t][-6000:] for t in TARGETS if codes[t] != 0 or "0 failed" not in outputs[t]}
+    assert not bad, bad
