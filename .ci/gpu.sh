@@ -4,7 +4,6 @@
 #   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
 #                              then the JAX donation benchmark
 #   bash .ci/gpu.sh bench ARGS fused-qkv bench ARGS, results (table, JSON, PNG) under $OUT
-#   bash .ci/gpu.sh both ARGS  the tests and demo, then the bench with ARGS
 # Writes full logs under $OUT (default ./gpu-out).
 mode=${1:-tests}
 set -o pipefail
@@ -21,12 +20,6 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/install.lo
   python3 -c "import sys, torch, triton, jax; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'jax', jax.__version__, jax.devices())"
 } 2>&1 | tee "$OUT/env.txt"
 rc=0
-if [ "$mode" = both ]; then
-  shift
-  bash "$0" tests || rc_tests=1
-  bash "$0" bench "$@" || rc_tests=1
-  exit "${rc_tests:-0}"
-fi
 if [ "$mode" = bench ]; then
   shift
   PYTHONUNBUFFERED=1 python3 -m fused_qkv.bench.cli bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"

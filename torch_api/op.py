@@ -107,47 +107,6 @@ def _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_
     return hit
 
 
-_COMPILED: dict = {}  # (plan, device, Triton's specialisation bits) -> CompiledKernel
-
-
-def _specialisation_bits(args):
-    """What Triton specialises a compiled kernel on, for the runtime arguments: 16-byte alignment of each
-    pointer; for each int, whether it is 1, a multiple of 16, or needs 64 bits."""
-    bits = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            bits.append(a.data_ptr() % 16 == 0)
-        elif isinstance(a, int):
-            bits.append((a == 1, a % 16 == 0, not -(2**31) <= a < 2**31))
-        else:
-            bits.append(a is None)
-    return tuple(bits)
-
-
-def _launch_compiled(plan, args):
-    """Launch on the GPU. The first launch of a specialisation goes through Triton's JITFunction (compiles,
-    caches); later ones call the compiled kernel directly, skipping the per-call binding of ~80 arguments that
-    dominates the eager host time."""
-    kernel = get_kernel(interpret=False)
-    key = (id(plan), torch.cuda.current_device(), _specialisation_bits(args))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
-        if len(_COMPILED) > 4096:
-            _COMPILED.clear()
-        _COMPILED[key] = (compiled, [plan.constexprs[n] for n in kernel.arg_names[len(args):]], plan)
-        return
-    compiled, constexpr_values, _ = compiled
-    bound = list(args) + constexpr_values
-    stream = torch.cuda.current_stream().cuda_stream
-    grid = (plan.grid[0], 1, 1)
-    from triton import knobs
-
-    compiled.run(grid[0], 1, 1, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *bound), knobs.runtime.launch_enter_hook,
-                 knobs.runtime.launch_exit_hook, *bound)
-
-
 def _select_layer(key_cache, value_cache, layer):
     check_layer(tuple(key_cache.shape), layer)
     if layer is None:
@@ -203,11 +162,12 @@ def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache
         if target == "interpreter":
             launch_interpreted(plan.grid, args, plan.constexprs)
             return _with_placeholders(outs, qkv)
+        kernel = get_kernel(interpret=False)
         if qkv.device.type == "cuda" and qkv.device.index != torch.cuda.current_device():
             with torch.cuda.device(qkv.device):
-                _launch_compiled(plan, args)
+                kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
         else:
-            _launch_compiled(plan, args)
+            kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
     return _with_placeholders(outs, qkv)
 
 
