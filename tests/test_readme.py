@@ -49,3 +49,12 @@ def test_jax_example_runs():
     assert scope["qs"].shape == (4, 1, 32, 128)
     assert float(abs(kc[:, 0, :3].astype("float32")).sum()) > 0  # slots 0..2 written in every layer
     assert float(abs(kc[:, 1:].astype("float32")).sum()) == 0
+
+
+def test_transformers_example_runs():
+    code = _python_block("## Real models (Hugging Face transformers)")
+    scope = {}
+    exec(compile(code, "README.md (transformers example)", "exec"), scope)
+    assert scope["q"].shape == (5, 4, 64) and scope["gate"].shape == (5, 4, 64)
+    kc = scope["key_cache"]
+    assert kc[1, :5].abs().sum() > 0 and kc[1, 5:].abs().sum() == 0 and kc[0].abs().sum() == 0
