@@ -9,9 +9,11 @@ mode=${1:-tests}
 set -o pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-# jax-triton is not on the GPU image: carry its wheel (.whl/, see README) and install it beside the project.
+# jax-triton, nbclient and ipykernel are not on the GPU image: carry their wheels (.whl/ and .whl/nb/, see
+# README) and install them beside the project.
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >"$OUT/install.log" 2>&1 || exit 1
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/nb/*.whl \
+    >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # torch and JAX share the GPU in one pytest process

@@ -9,9 +9,11 @@ Implementations (the baselines are the tests' reference chains, ``torch_api.refe
 - ``floor``: the fewest bytes this configuration must move / the device-to-device copy bandwidth measured in the
   same run (bytes read plus bytes written).
 
-GPU time: torch callables are captured in a CUDA graph and the replays timed with CUDA events; JAX callables run
-4 and 16 times inside one jitted, unrolled ``lax.fori_loop`` (positions shifted per iteration so nothing is
-hoisted) and the per-call time is the slope between the two.
+GPU time: torch callables are captured in a CUDA graph and the replays timed with CUDA events. JAX callables
+(one jitted call each, caches donated) are timed on the device: the durations of every kernel, copy and memset
+that the calls ran, as CUPTI records them (``torch.profiler``, which sees XLA's kernels in the same process),
+summed and divided by the number of calls. The fused torch op is also timed that way (``kernel_us`` in the
+JSON), so the JAX/torch ratio compares like with like.
 At T <= 1024 the working set fits the 50 MB L2, so those sizes are latency figures, not bandwidth.
 Host overhead of one eager call is reported as a ratio to one small aten op timed the same way.
 """
@@ -197,9 +199,27 @@ def torch_impls(shape, inp):
     return {"fused_torch": fused, "unfused_eager": eager, "compiled_math": compiled}
 
 
-def jax_impls(shape, inp, reps):
-    """JAX callables that run the op ``reps`` times in one jitted, unrolled loop over donated caches (an XLA
-    while loop on GPU costs a host round trip per iteration, which would swamp small T)."""
+def device_time_us(call, n: int) -> float:
+    """GPU time per call: the summed durations of the kernels, copies and memsets that ``n`` calls ran, as
+    CUPTI records them through ``torch.profiler`` (XLA's kernels included: CUPTI traces the whole process)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            call()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not events:
+        raise RuntimeError("the profiler recorded no GPU activity")
+    return sum(e.time_range.elapsed_us() for e in events) / n
+
+
+def jax_impls(shape, inp):
+    """Jitted JAX callables (caches donated) on the same values as the torch inputs; each call runs the op once."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -208,7 +228,7 @@ def jax_impls(shape, inp, reps):
 
     cfg = _cfg(shape)
 
-    def to_jax(t):  # same values as the torch inputs
+    def to_jax(t):
         if t is None:
             return None
         if t.dtype == torch.bfloat16 or t.element_size() == 1:
@@ -218,52 +238,30 @@ def jax_impls(shape, inp, reps):
     j = {k: to_jax(v) for k, v in inp.items()}
     j["positions"] = j["positions"].astype(jnp.int32)
     j["slot_mapping"] = j["slot_mapping"].astype(jnp.int32)
+    state = {"kc": j.pop("key_cache"), "vc": j.pop("value_cache")}
 
-    def loop(body):
-        def run(key_cache, value_cache, j):
-            def step(i, carry):
-                kc, vc, _ = carry
-                pos = (j["positions"] + i) % MAX_POS
-                outs, kc, vc = body(j, pos, kc, vc)
-                return kc, vc, outs
-            T, QH, KVH, D = j["qkv"].shape[0], shape["num_q_heads"], shape["num_kv_heads"], shape["head_dim"]
-            z = lambda h: jnp.zeros((T, h, D), jnp.bfloat16)  # noqa: E731
-            outs0 = (z(QH), z(QH) if shape["attn_output_gate"] else None,
-                     z(KVH) if shape["return_kv"] else None, z(KVH) if shape["return_kv"] else None)
-            # every output the op returns is carried, so XLA cannot drop the work behind it
-            return jax.lax.fori_loop(0, reps, step, (key_cache, value_cache, outs0), unroll=True)
-        return jax.jit(run, donate_argnums=(0, 1))
-
-    def fused_body(j, pos, kc, vc):
-        out = jop(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc, j["slot_mapping"],
-                  k_scale=j["k_scale"], v_scale=j["v_scale"], return_kv=shape["return_kv"], **cfg)
+    @jax.jit(donate_argnums=(1, 2))
+    def fused(j, kc, vc):
+        out = jop(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], j["positions"], kc, vc,
+                  j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], return_kv=shape["return_kv"], **cfg)
         return (out.q, out.gate, out.k, out.v), out.key_cache, out.value_cache
 
-    def unfused_body(j, pos, kc, vc):
-        q, gate, k, v, kc, vc = junfused(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], pos, kc, vc,
-                                         j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], **cfg)
+    @jax.jit(donate_argnums=(1, 2))
+    def chain(j, kc, vc):
+        q, gate, k, v, kc, vc = junfused(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], j["positions"],
+                                         kc, vc, j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], **cfg)
         if not shape["return_kv"]:  # the serving case: K/V only go to the cache
             k = v = None
         return (q, gate, k, v), kc, vc
 
-    return j, {"fused_jax": loop(fused_body), "unfused_jax": loop(unfused_body)}
+    def caller(fn):
+        def call():
+            outs, state["kc"], state["vc"] = fn(j, state["kc"], state["vc"])
+            jax.block_until_ready(outs)  # one call at a time: nothing else runs in the profiled window
+            return outs
+        return call
 
-
-def jax_time_us(fn, j, reps) -> float:
-    import jax
-
-    kc, vc = j["key_cache"], j["value_cache"]
-    rest = {k: v for k, v in j.items() if k not in ("key_cache", "value_cache")}
-    kc, vc, outs = fn(kc, vc, rest)  # compile + warm up
-    jax.block_until_ready(outs)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        kc, vc, outs = fn(kc, vc, rest)
-        jax.block_until_ready((kc, vc, outs))
-        times.append((time.perf_counter() - t0) / reps * 1e6)
-    j["key_cache"], j["value_cache"] = kc, vc
-    return float(np.median(times))
+    return {"fused_jax": caller(fused), "unfused_jax": caller(chain)}
 
 
 def run(shapes, tokens, out_dir, with_jax=True):
@@ -275,7 +273,8 @@ def run(shapes, tokens, out_dir, with_jax=True):
     x, y = torch.randn(16, device="cuda"), torch.empty(16, device="cuda")
     aten_us = host_overhead(lambda: torch.add(x, 1.0, out=y))
     print(f"device: {dev}; copy bandwidth {copy_bw:.0f} GB/s (read + write); one aten op {aten_us:.1f} us host")
-    rows, host = [], {}
+    rows, host, kernel_us, checks = [], {}, {}, {}
+    check_T = 64 if 64 in tokens else min(tokens)
     for sname in shapes:
         shape = SHAPES[sname]
         for T in tokens:
@@ -283,20 +282,21 @@ def run(shapes, tokens, out_dir, with_jax=True):
             nbytes = min_bytes(shape, T)
             reps = 200 if T <= 1024 else 20
             res = {}
-            for name, fn in torch_impls(shape, inp).items():
+            impls = torch_impls(shape, inp)
+            for name, fn in impls.items():
                 res[name] = graph_time_us(fn, reps)
                 if T == 16:
                     host[f"{sname}:{name}"] = host_overhead(fn) / aten_us
+            n = 50 if T <= 1024 else 10
+            kernel_us[f"{sname}:{T}:fused_torch"] = device_time_us(impls["fused_torch"], n)
+            jimpls = jax_impls(shape, inp) if with_jax else {}
+            for name, call in jimpls.items():
+                res[name] = device_time_us(call, n)
             if with_jax:
-                # slope between two loop lengths: the executable's fixed launch cost cancels out
-                short, long_ = 4, 16
-                j, impls_s = jax_impls(shape, inp, short)
-                _, impls_l = jax_impls(shape, inp, long_)
-                for name in impls_s:
-                    t_s = jax_time_us(impls_s[name], j, short) * short
-                    t_l = jax_time_us(impls_l[name], j, long_) * long_
-                    res[name] = (t_l - t_s) / (long_ - short)
-                del j
+                kernel_us[f"{sname}:{T}:fused_jax"] = res["fused_jax"]
+            if T == check_T:  # the timed calls computed the right thing
+                checks[sname] = verify(shape, inp, impls["fused_torch"](), jimpls.get("fused_jax"))
+                print(f"{sname} T={T}: worst error / allowed vs the float64 oracle: {checks[sname]}", flush=True)
             res["floor"] = nbytes / (copy_bw * 1e9) * 1e6
             for name, us in res.items():
                 rows.append(dict(shape=sname, T=T, impl=name, us=us, bytes=nbytes,
@@ -309,7 +309,7 @@ def run(shapes, tokens, out_dir, with_jax=True):
             del inp
             torch.cuda.empty_cache()
     result = dict(device=dev, copy_bandwidth_gbps=copy_bw, aten_op_host_us=aten_us, host_overhead_ratio=host,
-                  rows=rows)
+                  kernel_us=kernel_us, oracle_check=checks, rows=rows)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump(result, f, indent=1)
     print_table(result)
@@ -317,11 +317,86 @@ def run(shapes, tokens, out_dir, with_jax=True):
     return result
 
 
+def verify(shape, inp, out, jax_call=None) -> dict:
+    """Worst error of the fused outputs against the float64 oracle, in units of the allowed error (<= 1: correctly
+    rounded); raises if any exceeds 1. ``out``: the torch op's outputs; ``jax_call``: runs the JAX op."""
+    from fused_qkv.core import reference, rounding_error
+
+    f64 = lambda t: None if t is None else t.detach().float().cpu().double().numpy()  # noqa: E731
+    T = inp["qkv"].shape[0]
+    kc = inp["key_cache"]
+    ref = reference(f64(inp["qkv"]), f64(inp["q_weight"]), f64(inp["k_weight"]), f64(inp["cos"]), f64(inp["sin"]),
+                    inp["positions"].cpu().numpy(), inp["slot_mapping"].cpu().numpy(),
+                    num_q_heads=shape["num_q_heads"], num_kv_heads=shape["num_kv_heads"],
+                    head_dim=shape["head_dim"], num_cache_slots=CACHE_SLOTS, key_cache_dtype=shape["cache"],
+                    value_cache_dtype=shape["cache"], norm_weight_offset=shape["norm_weight_offset"],
+                    rotary_dim=shape["rotary_dim"], attn_output_gate=shape["attn_output_gate"],
+                    k_scale=f64(inp["k_scale"]), v_scale=f64(inp["v_scale"]))
+    slots = inp["slot_mapping"].cpu()
+    flat = lambda c: c.reshape(-1, *c.shape[-2:])[slots.to(c.device)]  # noqa: E731
+    scores = {"q": rounding_error(f64(out.q), ref.q, "bfloat16")[0],
+              "key_cache": rounding_error(f64(flat(kc)), ref.exact_key_cache, shape["cache"])[0],
+              "value_cache": rounding_error(f64(flat(inp["value_cache"])), ref.exact_value_cache, shape["cache"])[0]}
+    if shape["return_kv"]:
+        scores["k"] = rounding_error(f64(out.k), ref.k, "bfloat16")[0]
+    if jax_call is not None:
+        import jax.numpy as jnp
+
+        jout = jax_call()
+        scores["jax q"] = rounding_error(np.asarray(jout[0].astype(jnp.float32), np.float64), ref.q, "bfloat16")[0]
+    scores = {k: round(float(v), 3) for k, v in scores.items()}
+    if not all(v <= 1.0 for v in scores.values()) or T == 0:
+        raise AssertionError(f"fused op disagrees with the oracle: {scores}")
+    return scores
+
+
+def sweep(shapes, tokens, out_dir):
+    """Time the fused torch op over (BLOCK_T, num_warps) choices, to set ``spec.choose_tiles`` from data."""
+    import torch
+    from fused_qkv.core import spec
+    from fused_qkv.torch_api import op as top
+
+    os.makedirs(out_dir, exist_ok=True)
+    found = []
+    for sname in shapes:
+        shape = SHAPES[sname]
+        block_d = spec.next_pow2(shape["head_dim"])
+        for T in tokens:
+            inp = torch_inputs(shape, T)
+            fn = torch_impls(shape, inp)["fused_torch"]
+            reps = 200 if T <= 1024 else 20
+            timings = []
+            for bt in (1, 2, 4, 8, 16, 32, 64):
+                for warps in (1, 2, 4, 8):
+                    if bt > max(T, 1) * 2 or bt * block_d > 16384 or bt * block_d < warps * 32:
+                        continue
+                    spec.TILE_OVERRIDE = (bt, warps)
+                    top._PLAN_CACHE.clear()
+                    timings.append((graph_time_us(fn, reps), bt, warps))
+            spec.TILE_OVERRIDE = None
+            top._PLAN_CACHE.clear()
+            default = graph_time_us(fn, reps)
+            timings.sort()
+            nbytes = min_bytes(shape, T)
+            print(f"{sname} T={T}: default {default:.1f} us; best " + ", ".join(
+                f"BLOCK_T={bt} warps={w}: {us:.1f} us ({100 * nbytes / (us * 1e-6) / 1e9 / 3000:.0f}% of 3 TB/s)"
+                for us, bt, w in timings[:4]), flush=True)
+            found.append(dict(shape=sname, T=T, default_us=default,
+                              timings=[dict(us=us, block_t=bt, num_warps=w) for us, bt, w in timings]))
+            del inp
+            torch.cuda.empty_cache()
+    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
+        json.dump(found, f, indent=1)
+
+
 def print_table(result):
     rows = result["rows"]
     impls = ["fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax", "floor"]
     print("\nGPU time per call (us); fused GB/s and % of copy bandwidth; speed-up of fused_torch over baselines"
-          " (fused_jax over unfused_jax); * = T <= 1024: latency only (working set in L2)")
+          " (fused_jax over unfused_jax); jax/torch: kernel time of the fused JAX op over the fused torch op's, both"
+          " from the profiler; * = T <= 1024: latency only (working set in L2)")
+    kernel = result.get("kernel_us", {})
+    kern = lambda s, T, i: kernel.get(f"{s}:{T}:{i}", float("nan"))  # noqa: E731
     by = {}
     for r in rows:
         by.setdefault((r["shape"], r["T"]), {})[r["impl"]] = r
@@ -334,7 +409,8 @@ def print_table(result):
         print(f"{s:<5} {T:>6} " + " ".join(f"{get(i):>13.1f}" for i in impls) +
               f" {f['gbps']:>6.0f} {f['pct_copy']:>5.1f}{'*' if f['latency_only'] else ' '}"
               f" {get('unfused_eager') / get('fused_torch'):>8.2f} {get('compiled_math') / get('fused_torch'):>9.2f}"
-              f" {get('unfused_jax') / get('fused_jax'):>6.2f} {get('fused_jax') / get('fused_torch'):>9.2f}")
+              f" {get('unfused_jax') / get('fused_jax'):>6.2f}"
+              f" {kern(s, T, 'fused_jax') / kern(s, T, 'fused_torch'):>9.2f}")
     print("host overhead per eager call at T=16, in aten ops:",
           ", ".join(f"{k} {v:.2f}" for k, v in result["host_overhead_ratio"].items()))
 
@@ -390,6 +466,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time the fused torch op over tile choices instead (writes sweep.json)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -399,5 +477,9 @@ def main(argv=None) -> int:
         gpu = False
     if not gpu:
         return smoke()
-    run(args.shapes.split(","), [int(t) for t in args.tokens.split(",")], args.out, with_jax=not args.no_jax)
+    tokens = [int(t) for t in args.tokens.split(",")]
+    if args.sweep:
+        sweep(args.shapes.split(","), tokens, args.out)
+        return 0
+    run(args.shapes.split(","), tokens, args.out, with_jax=not args.no_jax)
     return 0

@@ -441,6 +441,9 @@ def check_layer(cache_shape, layer) -> None:
                          f"got cache shape {tuple(cache_shape)}")
 
 
+TILE_OVERRIDE = None  # (BLOCK_T, num_warps) forced on GPU targets by `fused-qkv bench --sweep`; never set otherwise
+
+
 def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32):
     """Deterministic (BLOCK_T, num_warps) from shapes only; shared by every frontend.
 
@@ -448,6 +451,8 @@ def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32
     On GPUs a program covers about 2048 elements of one head (fewer at small T so
     that decode launches enough programs), with one warp per 256 elements.
     """
+    if target != "interpreter" and TILE_OVERRIDE is not None:  # bench --sweep only
+        return TILE_OVERRIDE
     if target == "interpreter":
         cap = max(1, 8192 // block_d)
     else:

@@ -56,3 +56,20 @@ def test_fnuz_cache_rejected_on_cuda():
     args, kwargs = make_inputs(Case(cache_dtype="float8_e4m3fnuz"), "cuda")
     with pytest.raises(TypeError, match="float8_e4m3fnuz is not supported on target cuda"):
         op(**args, **kwargs)
+
+
+def test_misaligned_qkv_after_aligned_call_is_still_correct():
+    """The direct-launch cache keys on Triton's specialisation bits: a qkv view that is not 16-byte aligned, with
+    the same shape and strides as an earlier aligned call, must not reuse the aligned kernel."""
+    case = Case(T=8, row_pad=8)
+    for offset in (0, 1, 0, 3):
+        args, kwargs = make_inputs(case, "cuda")
+        base = torch.empty(args["qkv"].numel() + 64, dtype=args["qkv"].dtype, device="cuda")
+        view = base[offset:offset + args["qkv"].shape[0] * args["qkv"].stride(0)].view(
+            args["qkv"].shape[0], args["qkv"].stride(0))[:, :case.width]
+        view.copy_(args["qkv"])
+        args["qkv"] = view
+        assert (view.data_ptr() % 16 == 0) == (offset == 0)
+        kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+        out = op(**args, **kwargs)
+        check_against_oracle(case, args, kwargs, out, kc0, vc0, args["key_cache"], args["value_cache"])
