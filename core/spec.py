@@ -447,19 +447,24 @@ TILE_OVERRIDE = None  # (BLOCK_T, num_warps) forced on GPU targets by `fused-qkv
 def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32):
     """Deterministic (BLOCK_T, num_warps) from shapes only; shared by every frontend.
 
-    Under the interpreter, each program costs Python overhead, so tiles are large.
-    On GPUs a program covers about 2048 elements of one head (fewer at small T so
-    that decode launches enough programs), with one warp per 256 elements.
+    Under the interpreter, each program costs Python overhead, so tiles are large. On GPUs the rule comes from
+    ``fused-qkv bench --sweep`` on the H100 (bench/NOTES.md, version 2): about 16 elements of a head per thread
+    was best for every shape; tiles of 16 tokens for head_dim 128 (2 at T <= 16, where more programs win), and
+    tiles of 2 tokens with one warp for head_dim 256 (S2: 90 % of copy bandwidth at T=4096 against 66 % with
+    8 x 256 tiles and 8 warps).
     """
     if target != "interpreter" and TILE_OVERRIDE is not None:  # bench --sweep only
         return TILE_OVERRIDE
     if target == "interpreter":
-        cap = max(1, 8192 // block_d)
+        block_t = min(next_pow2(max(num_tokens, 1)), max(1, 8192 // block_d))
+        num_warps = min(8, next_pow2(max(1, block_t * block_d // (8 * warp_size))))
+        return block_t, num_warps
+    if block_d >= 256 or num_tokens <= 16:
+        block_t = 2
     else:
-        cap = max(1, 2048 // block_d)
-    block_t = min(next_pow2(max(num_tokens, 1)), cap)
-    elems = block_t * block_d
-    num_warps = min(8, next_pow2(max(1, elems // (8 * warp_size))))
+        block_t = max(1, 2048 // block_d)
+    block_t = min(block_t, next_pow2(max(num_tokens, 1)))
+    num_warps = min(8, next_pow2(max(1, block_t * block_d // (16 * warp_size))))
     return block_t, num_warps
 
 
