@@ -8,6 +8,7 @@ import torch
 from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
 from fused_qkv.core.launch import launch_interpreted
 from fused_qkv.core.spec import check_overlaps
+from triton import knobs
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
 _REQUIRED = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
@@ -144,36 +145,29 @@ _COMPILED: dict = {}  # (plan, device, Triton's specialisation bits) -> Compiled
 def _specialisation_bits(args):
     """What Triton specialises a compiled kernel on, for the runtime arguments: 16-byte alignment of each
     pointer; for each int, whether it is 1, a multiple of 16, or needs 64 bits."""
-    bits = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            bits.append(a.data_ptr() % 16 == 0)
-        elif isinstance(a, int):
-            bits.append((a == 1, a % 16 == 0, not -(2**31) <= a < 2**31))
-        else:
-            bits.append(a is None)
-    return tuple(bits)
+    return tuple(a.data_ptr() % 16 == 0 if isinstance(a, torch.Tensor)
+                 else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31) if type(a) is int
+                 else a is None for a in args)
 
 
 def _launch_compiled(plan, args):
     """Launch on the GPU. The first launch of a specialisation goes through Triton's JITFunction (compiles,
     caches); later ones call the compiled kernel directly, skipping the per-call binding of ~80 arguments that
     dominates the eager host time."""
-    kernel = get_kernel(interpret=False)
-    key = (id(plan), torch.cuda.current_device(), _specialisation_bits(args))
+    device = torch.cuda.current_device()
+    key = (id(plan), device, _specialisation_bits(args))
     compiled = _COMPILED.get(key)
     if compiled is None:
+        kernel = get_kernel(interpret=False)
         compiled = kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
         if len(_COMPILED) > 4096:
             _COMPILED.clear()
         _COMPILED[key] = (compiled, [plan.constexprs[n] for n in kernel.arg_names[len(args):]], plan)
         return
     compiled, constexpr_values, _ = compiled
-    bound = list(args) + constexpr_values
-    stream = torch.cuda.current_stream().cuda_stream
+    bound = (*args, *constexpr_values)
+    stream = torch._C._cuda_getCurrentRawStream(device)  # what Triton's own launcher asks torch for
     grid = (plan.grid[0], 1, 1)
-    from triton import knobs
-
     compiled.run(grid[0], 1, 1, stream, compiled.function, compiled.packed_metadata,
                  compiled.launch_metadata(grid, stream, *bound), knobs.runtime.launch_enter_hook,
                  knobs.runtime.launch_exit_hook, *bound)
@@ -218,7 +212,7 @@ def _fused_op(
 
 def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
             num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
-            gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer):
+            gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer, placeholders=True):
     """The op's implementation: plan (cached), allocate, launch. Called by the registered op, and directly by
     the public function for eager calls on plain tensors (the dispatcher's Python custom-op path costs far
     more host time than the launch itself)."""
@@ -233,12 +227,13 @@ def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache
         args = ordered_args(inputs, plan.scalars, dict(outs, key_cache=kc, value_cache=vc))
         if target == "interpreter":
             launch_interpreted(plan.grid, args, plan.constexprs)
-            return _with_placeholders(outs, qkv)
-        if qkv.device.type == "cuda" and qkv.device.index != torch.cuda.current_device():
+        elif qkv.device.type == "cuda" and qkv.device.index != torch.cuda.current_device():
             with torch.cuda.device(qkv.device):
                 _launch_compiled(plan, args)
         else:
             _launch_compiled(plan, args)
+    if not placeholders:  # the eager fast path: absent outputs stay None
+        return outs["q"], outs["gate"], outs["k"], outs["v"]
     return _with_placeholders(outs, qkv)
 
 
@@ -348,10 +343,12 @@ def fused_qkv_split_qk_norm_rope_cache(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
         raise TypeError(f"layer must be None or a Python int, got {type(layer).__name__}")
-    call = _launch if _plain_eager(qkv, key_cache, value_cache) else torch.ops.fused_qkv.split_qk_norm_rope_cache
-    q, gate, k, v = call(
-        qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
-        num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
-        gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
+    args = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
+            num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+            gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
+    if _plain_eager(qkv, key_cache, value_cache):
+        q, gate, k, v = _launch(*args, placeholders=False)
+    else:
+        q, gate, k, v = torch.ops.fused_qkv.split_qk_norm_rope_cache(*args)
     return FusedQKVOutput(q, gate if attn_output_gate else None, k if return_kv else None,
                           v if return_kv else None)
