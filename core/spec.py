@@ -84,13 +84,21 @@ class ArrayInfo:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def byte_extent(self):
+        """[lo, hi) byte offsets from the data pointer that the array may touch ((0, 0) if empty)."""
+        if self.numel == 0:
+            return 0, 0
+        size = ITEMSIZE.get(self.dtype, 1)
+        lo = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True) if s < 0)
+        hi = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True) if s > 0) + 1
+        return lo * size, hi * size
+
     def byte_span(self):
         """[start, end) byte range touched by the array, or None if unknown/empty."""
         if self.data_ptr is None or self.numel == 0:
             return None
-        size = ITEMSIZE.get(self.dtype, 1)
-        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
-        return self.data_ptr, self.data_ptr + (last + 1) * size
+        lo, hi = self.byte_extent()
+        return self.data_ptr + lo, self.data_ptr + hi
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,7 +100,8 @@ def _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_
         hit = _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
                     num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
                     gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr=False)
-        spans = tuple(_byte_extent(t) for t in (qkv, key_cache, value_cache))
+        spans = tuple(_info(t, n, False).byte_extent() for t, n in ((qkv, "qkv"), (key_cache, "key_cache"),
+                                                                       (value_cache, "value_cache")))
         if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
             _PLAN_CACHE.clear()
         _PLAN_CACHE[key] = hit = (hit, spans)
@@ -112,15 +113,6 @@ def _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_
         check_overlaps(*(_info(t, n, True) for t, n in ((qkv, "qkv"), (key_cache, "key_cache"),
                                                          (value_cache, "value_cache"))))
     return plan_and_target
-
-
-def _byte_extent(t):
-    """[lo, hi) byte offsets from ``t.data_ptr()`` that ``t`` may touch (any stride signs)."""
-    if t.numel() == 0:
-        return 0, 0
-    lo = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s < 0)
-    hi = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s > 0) + 1
-    return lo * t.element_size(), hi * t.element_size()
 
 
 _VALID_CONFIGS: set = set()
@@ -150,11 +142,10 @@ def _specialisation_bits(args):
                  else a is None for a in args)
 
 
-def _launch_compiled(plan, args):
-    """Launch on the GPU. The first launch of a specialisation goes through Triton's JITFunction (compiles,
-    caches); later ones call the compiled kernel directly, skipping the per-call binding of ~80 arguments that
-    dominates the eager host time."""
-    device = torch.cuda.current_device()
+def _launch_compiled(plan, args, device: int):
+    """Launch on GPU ``device`` (the current device). The first launch of a specialisation goes through Triton's
+    JITFunction (compiles, caches); later ones call the compiled kernel directly, skipping the per-call binding of
+    ~80 arguments that dominates the eager host time."""
     key = (id(plan), device, _specialisation_bits(args))
     compiled = _COMPILED.get(key)
     if compiled is None:
@@ -227,11 +218,11 @@ def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache
         args = ordered_args(inputs, plan.scalars, dict(outs, key_cache=kc, value_cache=vc))
         if target == "interpreter":
             launch_interpreted(plan.grid, args, plan.constexprs)
-        elif qkv.device.type == "cuda" and qkv.device.index != torch.cuda.current_device():
+        elif qkv.device.index != torch.cuda.current_device():
             with torch.cuda.device(qkv.device):
-                _launch_compiled(plan, args)
+                _launch_compiled(plan, args, qkv.device.index)
         else:
-            _launch_compiled(plan, args)
+            _launch_compiled(plan, args, qkv.device.index)
     if not placeholders:  # the eager fast path: absent outputs stay None
         return outs["q"], outs["gate"], outs["k"], outs["v"]
     return _with_placeholders(outs, qkv)
