@@ -4,6 +4,10 @@
 #   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
 #                              then the JAX donation benchmark
 #   bash .ci/gpu.sh bench ARGS fused-qkv bench ARGS, results (table, JSON, PNG) under $OUT
+#   bash .ci/gpu.sh compare DIR [TESTS...]
+#                              the fused op alone, an older version (a checkout in DIR, e.g. `git worktree add
+#                              .v2 REV`, carried) then this one (bench/compare_versions.py); the host-time
+#                              profile; then pytest on TESTS (cuda), if given
 # Writes full logs under $OUT (default ./gpu-out).
 mode=${1:-tests}
 set -o pipefail
@@ -26,6 +30,21 @@ if [ "$mode" = bench ]; then
   shift
   PYTHONUNBUFFERED=1 python3 -m fused_qkv.bench.cli bench --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
   exit "${PIPESTATUS[0]}"
+fi
+if [ "$mode" = compare ]; then
+  old=$2; shift 2
+  python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/oldsite "$old" >>"$OUT/install.log" 2>&1 \
+    || { cat "$OUT/install.log"; exit 1; }
+  cp bench/compare_versions.py /tmp/oldsite/fused_qkv/bench/
+  PYTHONPATH=/tmp/oldsite:$PYTHONPATH python3 -m fused_qkv.bench.compare_versions --out "$OUT/compare_old.json" \
+    2>&1 | tee "$OUT/compare_old.log" || rc=1
+  python3 -m fused_qkv.bench.compare_versions --out "$OUT/compare_new.json" 2>&1 | tee "$OUT/compare_new.log" || rc=1
+  python3 -m fused_qkv.bench.host_profile 2>&1 | tee "$OUT/host_profile.log" | head -8 || rc=1
+  if [ $# -gt 0 ]; then
+    FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider "$@" -rf 2>&1 \
+      | tee "$OUT/pytest_cuda_focused.log" | tail -15 || rc=1
+  fi
+  exit $rc
 fi
 if [ "$mode" = sanitize ]; then
   # no caching allocator: every tensor is its own allocation, so memcheck sees any access past its end

@@ -1,5 +1,7 @@
 """Where the eager host time of one torch call goes: ``python -m fused_qkv.bench.host_profile`` on a GPU machine
-prints the wall time per call against one aten op, then a cProfile of 2000 calls (S1 shape, T=16)."""
+prints, for the S1 shape at T=16 (and S2, gated), the wall time per call against one aten op measured in the same
+run, beside the parts no Python frontend can avoid: allocating the outputs (``torch.empty``) and Triton's own
+launcher called with prepared arguments. Then a cProfile of 2000 S1 calls."""
 
 import cProfile
 import pstats
@@ -8,14 +10,47 @@ import sys
 from .bench import SHAPES, host_overhead, torch_impls, torch_inputs
 
 
+def _parts(fn, reps):
+    """(op, outputs only, launcher only) host time per call in microseconds, for the fast-path entry of ``fn``."""
+    import torch
+    from fused_qkv.torch_api import op as top
+
+    top.clear_caches()
+    fn()
+    out = fn()
+    (entry,) = top._FAST.values()
+    ours = host_overhead(fn, reps=reps)
+    shapes = [s for s in entry.outs if s is not None]
+    dtype, device = out.q.dtype, out.q.device
+
+    def alloc():
+        return [torch.empty(s, dtype=dtype, device=device) for s in shapes]
+
+    allocs = host_overhead(alloc, reps=reps)
+    # Triton's launcher with the exact arguments of one fast call (recorded; that call's outputs stay alive)
+    recorded, run = [], entry.run
+    entry.run = lambda *args: recorded.append(args)
+    keep = fn()
+    entry.run = run
+    launch = host_overhead(lambda: run(*recorded[0]), reps=reps)
+    del keep
+    return ours, allocs, launch, len(shapes)
+
+
 def main() -> int:
     import torch
 
-    fn = torch_impls(SHAPES["S1"], torch_inputs(SHAPES["S1"], 16))["fused_torch"]
     x, y = torch.randn(16, device="cuda"), torch.empty(16, device="cuda")
     aten = host_overhead(lambda: torch.add(x, 1.0, out=y), reps=2000)
-    ours = host_overhead(fn, reps=2000)
-    print(f"one aten op {aten:.1f} us; fused op {ours:.1f} us per eager call = {ours / aten:.2f} aten ops")
+    print(f"one aten op (torch.add(x, 1.0, out=y)): {aten:.1f} us")
+    for name in ("S1", "S2", "S4"):
+        fn = torch_impls(SHAPES[name], torch_inputs(SHAPES[name], 16))["fused_torch"]
+        ours, allocs, launch, n = _parts(fn, 2000)
+        rest = ours - allocs - launch
+        parts = (f"{n} x torch.empty {allocs:.1f} us = {allocs / aten:.2f}; Triton's launcher alone {launch:.1f} us"
+                 f" = {launch / aten:.2f}; the rest (Python) {rest:.1f} us = {rest / aten:.2f}")
+        print(f"{name} T=16: fused op {ours:.1f} us per eager call = {ours / aten:.2f} aten ops ({parts} aten ops)")
+    fn = torch_impls(SHAPES["S1"], torch_inputs(SHAPES["S1"], 16))["fused_torch"]
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(2000):

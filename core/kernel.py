@@ -17,10 +17,10 @@ Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handl
 token block ``pid // NUM_HEAD_PROGS`` and the head ``pid % NUM_HEAD_PROGS`` of the
 combined head list ``[Q heads | K heads | V heads | gate heads]``.
 
-Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even,
-by explicit arithmetic (``_round_bf16``, ``_round_fp8``) before the final cast, so the
-final cast is exact. That makes the interpreter (whose casts truncate) and compiled
-code produce the same bits.
+Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even. Compiled code uses
+the target's casts, which round to nearest-even, with the fp8 saturation and the sign of a zero result made
+explicit (``HW_CAST``). Triton's interpreter truncates in its casts, so there the kernel rounds by explicit
+arithmetic first (``_round_bf16``, ``_round_fp8``) and the final cast is exact. Both give the same bits.
 """
 
 import triton
@@ -58,11 +58,22 @@ def _round_fp8(x, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr):
 
 
 @triton.jit
-def _to_storage(x, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr):
-    """Convert fp32 ``x`` to ``OUT_DTYPE`` with one correctly rounded step (MBITS > 0: fp8 grid)."""
+def _to_storage(x, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr,
+                HW_CAST: tl.constexpr):
+    """Convert fp32 ``x`` to ``OUT_DTYPE`` with one correctly rounded step (MBITS > 0: fp8 grid).
+
+    HW_CAST (compiled code): the target's own cast rounds to nearest-even (PTX ``cvt.rn``, AMD ``v_cvt_pk``);
+    only the saturation and the sign of zero are made explicit, so the bits equal the explicit rounding's.
+    Otherwise (the interpreter, whose casts truncate) the value is rounded by arithmetic first.
+    """
     if MBITS > 0:
-        x = _round_fp8(x, MBITS, EMIN, MAXV)
-    elif OUT_DTYPE == tl.bfloat16:
+        if HW_CAST:
+            x = tl.minimum(tl.maximum(x, -MAXV), MAXV)
+            # |x| <= half the smallest subnormal rounds to zero: +0.0, as the explicit rounding gives
+            x = tl.where(tl.abs(x) <= 2.0 ** (EMIN - MBITS - 1), 0.0, x)
+        else:
+            x = _round_fp8(x, MBITS, EMIN, MAXV)
+    elif OUT_DTYPE == tl.bfloat16 and not HW_CAST:
         x = _round_bf16(x)
     return x.to(OUT_DTYPE)
 
@@ -83,14 +94,14 @@ def _fp8_bits(r, MBITS: tl.constexpr, EMIN: tl.constexpr):
 
 @triton.jit
 def _store_converted(ptr, x, mask, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr):
+                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr, HW_CAST: tl.constexpr):
     """Store fp32 ``x`` as ``OUT_DTYPE``. SOFT_FP8: encode fp8 bits in integer arithmetic (used only under
     Triton's interpreter, which has no float8_e4m3fnuz type); otherwise the target's own exact cast."""
     if SOFT_FP8:
         bits = _fp8_bits(_round_fp8(x, MBITS, EMIN, MAXV), MBITS, EMIN)
         tl.store(ptr.to(tl.pointer_type(tl.uint8), bitcast=True), bits, mask=mask)
     else:
-        tl.store(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV), mask=mask)
+        tl.store(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV, HW_CAST), mask=mask)
 
 
 @triton.jit
@@ -110,18 +121,6 @@ def _load_weight(w_ptr, offs, mask, offset):
 
 
 @triton.jit
-def _norm_parts(a, b, p, w_ptr, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS: tl.constexpr,
-                HEAD_DIM: tl.constexpr, eps, offset):
-    """RMSNorm of one head held as its three channel groups, weight ``w + offset`` read once per channel."""
-    r = _rms_scale(a, b, p, HEAD_DIM, eps)[:, None]
-    a = a * r * _load_weight(w_ptr, a_offs, half_mask, offset)
-    b = b * r * _load_weight(w_ptr, b_offs, half_mask, offset)
-    if HAS_PASS:
-        p = p * r * _load_weight(w_ptr, p_offs, pass_mask, offset)
-    return a, b, p
-
-
-@triton.jit
 def _store_head(
     base,  # [BLOCK_T, 1] pointers to channel 0 of the head
     row_mask,  # [BLOCK_T, 1]
@@ -129,11 +128,12 @@ def _store_head(
     a_offs, b_offs, p_offs, half_mask, pass_mask,
     HAS_PASS: tl.constexpr,
     OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr, SOFT_FP8: tl.constexpr,
+    HW_CAST: tl.constexpr,
 ):
-    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8)
-    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8)
+    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST)
+    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST)
     if HAS_PASS:
-        _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8)
+        _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST)
 
 
 @triton.jit
@@ -153,6 +153,48 @@ def _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entr
     if HAS_LAYER:
         base += tl.load(layer_ptr).to(tl.int64) * LAYER_STRIDE
     return ok, base
+
+
+@triton.jit
+def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64,
+                    tok_mask, row_mask, num_table_rows, eps, norm_weight_offset, i, a_offs, b_offs, p_offs,
+                    half_mask, pass_mask, HAS_PASS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
+                    OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
+                    SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_PASS: tl.constexpr):
+    """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
+    channel groups once, RMSNorm (if HAS_NORM), rotate. Returns fp32 (A, B, P) after RoPE."""
+    ld_half = row_mask & half_mask
+    a = tl.load(src + a_offs, mask=ld_half, other=0.0)
+    b = tl.load(src + b_offs, mask=ld_half, other=0.0)
+    if HAS_PASS:
+        p = tl.load(src + p_offs, mask=row_mask & pass_mask, other=0.0).to(tl.float32)
+    else:
+        p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
+    # rotary table rows: clamp(position + offset, 0, rows - 1)
+    pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+    if HAS_OFFSETS:
+        pos += tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+    if HAS_NORM:
+        off = tl.cast(norm_weight_offset, tl.float32)
+        wa = _load_weight(w_ptr, a_offs, half_mask, off)
+        wb = _load_weight(w_ptr, b_offs, half_mask, off)
+        if HAS_PASS:
+            wp = _load_weight(w_ptr, p_offs, pass_mask, off)
+    pos = tl.minimum(tl.maximum(pos, 0), num_table_rows - 1)[:, None]
+    tcol = (i * TABLE_STEP)[None, :]
+    c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+    a = a.to(tl.float32)
+    b = b.to(tl.float32)
+    if HAS_NORM:
+        r = _rms_scale(a, b, p, HEAD_DIM, eps)[:, None]
+        a = a * r * wa
+        b = b * r * wb
+        if HAS_PASS:
+            p = p * r * wp
+    return a * c - b * s, b * c + a * s, p
 
 
 @triton.jit
@@ -189,6 +231,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     BLOCK_SIZE: tl.constexpr,  # cache block size (tokens per page)
     BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_PASS: tl.constexpr,
+    HW_CAST: tl.constexpr,  # compiled code: the target's casts round to nearest-even (see _to_storage)
 ):
     if K_SOFT_FP8:
         key_cache_ptr = key_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
@@ -219,65 +262,43 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
 
     if head < K_END:
         # ---------------- Q or K head: RMSNorm + RoPE (+ cache write for K) ----------------
-        is_q = head < NUM_Q_HEADS
-        if is_q:
-            col0 = head * Q_HEAD_STRIDE
-        else:
-            col0 = K_COL0 + (head - NUM_Q_HEADS) * HEAD_DIM
-        src = qkv_row + col0
-        ld_half = row_mask & half_mask
-        a = tl.load(src + a_offs, mask=ld_half, other=0.0).to(tl.float32)
-        b = tl.load(src + b_offs, mask=ld_half, other=0.0).to(tl.float32)
-        if HAS_PASS:
-            p = tl.load(src + p_offs, mask=row_mask & pass_mask, other=0.0).to(tl.float32)
-        else:
-            p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
-
-        off = tl.cast(norm_weight_offset, tl.float32)
-        if is_q:
-            if HAS_Q_NORM:
-                a, b, p = _norm_parts(a, b, p, q_weight_ptr, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                                      HAS_PASS, HEAD_DIM, eps32, off)
-        else:
-            if HAS_K_NORM:
-                a, b, p = _norm_parts(a, b, p, k_weight_ptr, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                                      HAS_PASS, HEAD_DIM, eps32, off)
-
-        # rotary tables: row = clamp(position + offset, 0, rows - 1)
-        pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0).to(tl.int64)
-        if HAS_OFFSETS:
-            pos += tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
-        pos = tl.minimum(tl.maximum(pos, 0), num_table_rows - 1)[:, None]
-        tcol = (i * TABLE_STEP)[None, :]
-        c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
-        s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
-        c = c.to(tl.float32)
-        s = s.to(tl.float32)
-        a_rot = a * c - b * s
-        b_rot = b * c + a * s
-
-        if is_q:
+        # Every load that does not depend on loaded data is issued before the first use of any loaded value,
+        # so a program waits for about two memory round trips (qkv/positions/weights/slot, then the table rows).
+        if head < NUM_Q_HEADS:
+            a_rot, b_rot, p = _load_norm_rope(
+                qkv_row + head * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, cos_ptr, sin_ptr, positions_ptr,
+                offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
+                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
+                POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
+                BLOCK_T, BLOCK_PASS)
             q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
             _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                        HAS_PASS, in_dtype, 0, 0, 0.0, False)
+                        HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST)
         else:
             kh = head - NUM_Q_HEADS
-            if RETURN_KV:
-                k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
-                _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                            HAS_PASS, in_dtype, 0, 0, 0.0, False)
             slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
                                              num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
                                              KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
-            cache_off = slot_base + kh * KC_HEAD_STRIDE
             if K_SCALE_MODE != 0:
                 ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
+            a_rot, b_rot, p = _load_norm_rope(
+                qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
+                offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
+                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
+                POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
+                BLOCK_T, BLOCK_PASS)
+            if RETURN_KV:
+                k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
+                _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                            HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST)
+            cache_off = slot_base + kh * KC_HEAD_STRIDE
+            if K_SCALE_MODE != 0:
                 a_rot = a_rot / ks
                 b_rot = b_rot / ks
                 p = p / ks
             _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
                         a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
-                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8)
+                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST)
     elif head < V_END:
         # ---------------- V head: copy + cache write ----------------
         vh = head - K_END
@@ -298,7 +319,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
             if V_SCALE_MODE != 0:
                 xf = xf / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,
-                             V_SOFT_FP8)
+                             V_SOFT_FP8, HW_CAST)
     else:
         if HAS_GATE:
             # ---------------- gate head: plain copy ----------------

@@ -405,7 +405,7 @@ def plan_launch(
         KC_LAYER_STRIDE=kls, KC_BLOCK_STRIDE=kbs, KC_SLOT_STRIDE=kss, KC_HEAD_STRIDE=khs,
         VC_LAYER_STRIDE=vls, VC_BLOCK_STRIDE=vbs, VC_SLOT_STRIDE=vss, VC_HEAD_STRIDE=vhs,
         BLOCK_SIZE=block_size, BLOCK_T=block_t, BLOCK_HALF=block_half, BLOCK_PASS=block_pass, BLOCK_D=block_d,
-        HAS_PASS=has_pass,
+        HAS_PASS=has_pass, HW_CAST=target != "interpreter",
     )
     scalars = dict(
         num_tokens=T, num_slot_entries=slot_mapping.shape[0], num_cache_slots=num_blocks * block_size,

@@ -29,3 +29,77 @@ def test_specialisation_bits_separate_exactly_what_triton_separates():
         same_ours = _specialisation_bits([a]) == _specialisation_bits([b])
         assert same_triton == same_ours, (a if not isinstance(a, torch.Tensor) else "tensor",
                                           b if not isinstance(b, torch.Tensor) else "tensor", _triton(a), _triton(b))
+
+
+class _FakeCompiled:
+    """Stands in for a compiled kernel: records what the fast path hands to Triton's launcher."""
+
+    function, packed_metadata = 7, (4, 1, 0)
+
+    def __init__(self):
+        self.launches = []
+
+    def run(self, *args):
+        self.launches.append(args)
+
+
+def test_fast_path_passes_the_arguments_the_checked_path_passes(monkeypatch):
+    """The eager fast path (``_FastLaunch``, used on CUDA) on a CPU, with the compile target and the launcher faked:
+    the second call of a signature skips the checks and hands Triton's launcher the same arguments, in the same
+    order, as the checked path (tensors as their data pointers), plus the compiled constexpr values; outputs are
+    new tensors of the documented shapes; a misaligned pointer or caches that overlap send it back to the checks."""
+    import dataclasses
+
+    import pytest
+    from fused_qkv.torch_api import op as op_module
+    from helpers import Case, make_inputs
+
+    fake, checked = _FakeCompiled(), []
+
+    def launch_compiled(plan, args, device):
+        checked.append(list(args))
+        return fake, ["constexprs"], True
+
+    monkeypatch.setattr(op_module, "_target", lambda device: "cuda")
+    monkeypatch.setattr(op_module, "_launch_compiled", launch_compiled)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # CPU tensors: device index None
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: None, raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 123, raising=False)
+    op_module.clear_caches()
+    try:
+        case = Case(T=5, gate="interleaved", scale="head", with_offsets=True)
+        args, kwargs = make_inputs(case)
+        op_module.fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
+        assert len(checked) == 1 and not fake.launches
+        out = op_module.fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
+        assert len(checked) == 1 and len(fake.launches) == 1
+        launched = fake.launches[0]
+        grid = -(-case.T // 2) * (2 * case.QH + 2 * case.KVH)  # 2-token tiles at T <= 16; Q, K, V, gate heads
+        assert launched[:9] == (grid, 1, 1, 123, 7, (4, 1, 0), None, None, None)
+        expect = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in checked[0]]
+        n_in = 13 + 6  # inputs and scalars; then q, gate, k, v, key_cache, value_cache
+        assert list(launched[9:9 + n_in]) == expect[:n_in]
+        assert list(launched[9 + n_in:]) == [out.q.data_ptr(), out.gate.data_ptr(), out.k.data_ptr(),
+                                             out.v.data_ptr()] + expect[n_in + 4:] + ["constexprs"]
+        assert tuple(out.q.shape) == tuple(out.gate.shape) == (case.T, case.QH, case.D)
+        assert tuple(out.k.shape) == tuple(out.v.shape) == (case.T, case.KVH, case.D)
+
+        # misaligned pointer (same metadata): back to the checked path
+        base = torch.empty(args["positions"].numel() + 1, dtype=args["positions"].dtype)
+        misaligned = dict(args, positions=base[1:])
+        op_module.fused_qkv_split_qk_norm_rope_cache(**misaligned, **kwargs)
+        assert len(checked) == 2
+        # overlapping caches (same metadata): checked, and refused
+        with pytest.raises(ValueError, match="must not overlap"):
+            op_module.fused_qkv_split_qk_norm_rope_cache(**dict(args, value_cache=args["key_cache"]), **kwargs)
+        # a value of another type that hashes alike: checked, and refused
+        with pytest.raises(TypeError, match="is_neox must be a bool"):
+            op_module.fused_qkv_split_qk_norm_rope_cache(**args, **dict(kwargs, is_neox=1))
+        # caches that are views of one allocation: the exact check runs once per pointer difference
+        view_case = dataclasses.replace(case, cache_view=True)
+        vargs, vkw = make_inputs(view_case)
+        for _ in range(3):
+            op_module.fused_qkv_split_qk_norm_rope_cache(**vargs, **vkw)
+        assert len(checked) == 3 and len(fake.launches) == 3
+    finally:
+        op_module.clear_caches()

@@ -38,6 +38,11 @@ def test_fp8_value_cache_rounding_is_exact(cache_dtype):
         got = vc[0, :, 0].cpu().double().numpy()
         want = round_to_format(qkv[:, 2 * D:].double().numpy() / scale, cache_dtype)
         np.testing.assert_array_equal(got, want, err_msg=f"{cache_dtype} scale {scale}")
+        # the bits too: a result that rounds to zero is +0 (code 0x00; 0x80 is NaN in e4m3fnuz)
+        want_bits = torch.from_numpy(np.where(want == 0.0, 0.0, want)).to(cdt).view(torch.uint8)
+        assert (want == 0.0).any() and (qkv[:, 2 * D:] < 0).any()
+        torch.testing.assert_close(vc[0, :, 0].view(torch.uint8).cpu(), want_bits, rtol=0, atol=0,
+                                   msg=f"{cache_dtype} scale {scale}: stored bits")
 
 
 def test_bf16_outputs_round_to_nearest_even():

@@ -7,8 +7,9 @@ from typing import NamedTuple, Optional
 import torch
 from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
 from fused_qkv.core.launch import launch_interpreted
-from fused_qkv.core.spec import check_overlaps
+from fused_qkv.core.spec import SCALAR_NAMES, check_overlaps
 from triton import knobs
+from triton.knobs import HookChain
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
 _REQUIRED = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
@@ -112,7 +113,7 @@ def _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_
     if (k0 < v1 and v0 < k1) or (q0 < k1 and k0 < q1) or (q0 < v1 and v0 < q1):
         check_overlaps(*(_info(t, n, True) for t, n in ((qkv, "qkv"), (key_cache, "key_cache"),
                                                          (value_cache, "value_cache"))))
-    return plan_and_target
+    return plan_and_target, spans
 
 
 _VALID_CONFIGS: set = set()
@@ -145,16 +146,19 @@ def _specialisation_bits(args):
 def _launch_compiled(plan, args, device: int):
     """Launch on GPU ``device`` (the current device). The first launch of a specialisation goes through Triton's
     JITFunction (compiles, caches); later ones call the compiled kernel directly, skipping the per-call binding of
-    ~80 arguments that dominates the eager host time."""
-    key = (id(plan), device, _specialisation_bits(args))
+    ~80 arguments that dominates the eager host time. Returns (compiled kernel, constexpr values, whether every
+    pointer argument was 16-byte aligned)."""
+    bits = _specialisation_bits(args)
+    key = (id(plan), device, bits)
     compiled = _COMPILED.get(key)
+    aligned = all(b for a, b in zip(args, bits, strict=True) if isinstance(a, torch.Tensor))
     if compiled is None:
         kernel = get_kernel(interpret=False)
         compiled = kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
         if len(_COMPILED) > 4096:
             _COMPILED.clear()
         _COMPILED[key] = (compiled, [plan.constexprs[n] for n in kernel.arg_names[len(args):]], plan)
-        return
+        return compiled, _COMPILED[key][1], aligned
     compiled, constexpr_values, _ = compiled
     bound = (*args, *constexpr_values)
     stream = torch._C._cuda_getCurrentRawStream(device)  # what Triton's own launcher asks torch for
@@ -162,6 +166,123 @@ def _launch_compiled(plan, args, device: int):
     compiled.run(grid[0], 1, 1, stream, compiled.function, compiled.packed_metadata,
                  compiled.launch_metadata(grid, stream, *bound), knobs.runtime.launch_enter_hook,
                  knobs.runtime.launch_exit_hook, *bound)
+    return compiled, constexpr_values, aligned
+
+
+_FAST: dict = {}  # eager fast path: (tensor metadata, configuration, their types) -> _FastLaunch
+_FAST_MAX = 512
+
+
+def _fast_key(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale,
+              v_scale, num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
+              attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv):
+    """Everything a launch plan depends on, cheap to build: the metadata of every tensor, the configuration and
+    the types of its values (``True`` and ``1`` hash alike; validation tells them apart). Raises AttributeError
+    or TypeError for arguments that are not tensors or not hashable (the checked path then names them)."""
+    return (_meta(qkv), _meta(q_weight), _meta(k_weight), _meta(cos), _meta(sin), _meta(positions),
+            _meta(key_cache), _meta(value_cache), _meta(slot_mapping), _meta(offsets), _meta(k_scale),
+            _meta(v_scale), num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
+            attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv, type(num_q_heads), type(num_kv_heads),
+            type(head_dim), type(eps), type(norm_weight_offset), type(is_neox), type(rotary_dim),
+            type(attn_output_gate), type(gated_qkv_layout), type(kv_cache_layout), type(return_kv))
+
+
+def _hooked(hook) -> bool:
+    """Whether a Triton launch hook is set: a function, or Triton's hook chain holding functions."""
+    return hook is not None and (type(hook) is not HookChain or bool(hook.calls))
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+class _FastLaunch:
+    """A validated call signature on CUDA, ready to launch: the plan's outputs, scalars and constexprs, and the
+    compiled kernel for 16-byte-aligned pointers. Pointers go to Triton's launcher as ints: every tensor was
+    checked to be on this device when the plan was made, so the launcher's per-pointer driver query is skipped.
+    Returns None (the caller takes the checked path) when anything the entry does not cover comes up: another
+    current device, a misaligned pointer, launch hooks, or qkv/cache byte ranges that meet at a pointer difference
+    not yet checked exactly."""
+
+    __slots__ = ("spans", "ok_pairs", "outs", "device", "index", "scalars", "tail", "grid0", "run",
+                 "function", "packed_metadata")
+
+    def __init__(self, plan, device, compiled, constexpr_values, spans):
+        self.spans = spans
+        self.ok_pairs = frozenset()
+        self.outs = tuple(None if plan.out_shapes[n] is None else plan.out_shapes[n][0]
+                          for n in ("q", "gate", "k", "v"))
+        self.device = device
+        self.index = device.index
+        self.scalars = tuple(plan.scalars[n] for n in SCALAR_NAMES)
+        self.tail = tuple(constexpr_values)
+        self.grid0 = plan.grid[0]
+        self.run, self.function, self.packed_metadata = compiled.run, compiled.function, compiled.packed_metadata
+
+    def __call__(self, qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, offsets, k_scale,
+                 v_scale):
+        if torch._C._cuda_getDevice() != self.index or _hooked(knobs.runtime.launch_enter_hook) \
+                or _hooked(knobs.runtime.launch_exit_hook):
+            return None
+        pq, pk, pv = qkv.data_ptr(), kc.data_ptr(), vc.data_ptr()
+        (q0, q1), (k0, k1), (v0, v1) = self.spans
+        if ((pk + k0 < pv + v1 and pv + v0 < pk + k1) or (pq + q0 < pk + k1 and pk + k0 < pq + q1)
+                or (pq + q0 < pv + v1 and pv + v0 < pq + q1)) \
+                and _meeting_pairs(self.spans, pq, pk, pv) - self.ok_pairs:
+            return None
+        ptrs = (pq, _ptr(q_weight), _ptr(k_weight), cos.data_ptr(), sin.data_ptr(), positions.data_ptr(),
+                _ptr(offsets), slot_mapping.data_ptr(), _ptr(k_scale), _ptr(v_scale), None, pk, pv)
+        m = 0
+        for p in ptrs:
+            if p is not None:
+                m |= p
+        if m & 15:
+            return None
+        dtype, device = qkv.dtype, self.device
+        q_shape, gate_shape, k_shape, v_shape = self.outs
+        q = torch.empty(q_shape, dtype=dtype, device=device)
+        gate = None if gate_shape is None else torch.empty(gate_shape, dtype=dtype, device=device)
+        k = None if k_shape is None else torch.empty(k_shape, dtype=dtype, device=device)
+        v = None if v_shape is None else torch.empty(v_shape, dtype=dtype, device=device)
+        if self.grid0:
+            self.run(self.grid0, 1, 1, torch._C._cuda_getCurrentRawStream(self.index), self.function,
+                     self.packed_metadata, None, None, None, *ptrs, *self.scalars, q.data_ptr(), _ptr(gate),
+                     _ptr(k), _ptr(v), pk, pv, *self.tail)
+        return FusedQKVOutput(q, gate, k, v)
+
+
+def _register_fast(key, plan, qkv, kc, vc, compiled, constexpr_values, spans):
+    entry = _FAST.get(key)
+    if entry is None:
+        if len(_FAST) >= _FAST_MAX:
+            _FAST.clear()
+        entry = _FAST[key] = _FastLaunch(plan, qkv.device, compiled, constexpr_values, spans)
+    # the byte ranges of these pairs meet, and the exact check (in _cached_plan) found no shared element: whether
+    # two arrays share an element depends on their pointers' difference only, so that difference is now known good
+    if len(entry.ok_pairs) < 64:
+        entry.ok_pairs |= _meeting_pairs(spans, qkv.data_ptr(), kc.data_ptr(), vc.data_ptr())
+
+
+def _meeting_pairs(spans, pq, pk, pv) -> frozenset:
+    """The pairs among qkv, key cache and value cache whose byte ranges meet, as (pair, pointer difference)."""
+    (q0, q1), (k0, k1), (v0, v1) = spans
+    meet = set()
+    if pk + k0 < pv + v1 and pv + v0 < pk + k1:
+        meet.add(("kv", pv - pk))
+    if pq + q0 < pk + k1 and pk + k0 < pq + q1:
+        meet.add(("qk", pk - pq))
+    if pq + q0 < pv + v1 and pv + v0 < pq + q1:
+        meet.add(("qv", pv - pq))
+    return frozenset(meet)
+
+
+def clear_caches() -> None:
+    """Forget every cached plan, configuration check, compiled-kernel handle and fast-path entry (tools that
+    change tile choices between calls, e.g. ``fused-qkv bench --sweep``)."""
+    _PLAN_CACHE.clear()
+    _VALID_CONFIGS.clear()
+    _COMPILED.clear()
+    _FAST.clear()
 
 
 def _select_layer(key_cache, value_cache, layer):
@@ -203,14 +324,16 @@ def _fused_op(
 
 def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
             num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
-            gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer, placeholders=True):
+            gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer, placeholders=True, fast_key=None):
     """The op's implementation: plan (cached), allocate, launch. Called by the registered op, and directly by
     the public function for eager calls on plain tensors (the dispatcher's Python custom-op path costs far
-    more host time than the launch itself)."""
+    more host time than the launch itself). ``fast_key``: register this call signature for the eager fast path
+    (``_FastLaunch``) once it has launched with aligned pointers."""
     kc, vc = _select_layer(key_cache, value_cache, layer)
-    plan, target = _cached_plan(qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads,
-                                num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets,
-                                attn_output_gate, gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv)
+    (plan, target), spans = _cached_plan(
+        qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads, num_kv_heads, head_dim, eps,
+        norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate, gated_qkv_layout, k_scale, v_scale,
+        kv_cache_layout, return_kv)
     outs = _outputs(plan, qkv)
     if plan.grid[0] > 0:
         inputs = dict(zip(INPUT_NAMES, (qkv, q_weight, k_weight, cos, sin, positions, offsets, slot_mapping,
@@ -222,7 +345,9 @@ def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache
             with torch.cuda.device(qkv.device):
                 _launch_compiled(plan, args, qkv.device.index)
         else:
-            _launch_compiled(plan, args, qkv.device.index)
+            compiled, constexpr_values, aligned = _launch_compiled(plan, args, qkv.device.index)
+            if fast_key is not None and aligned and target == "cuda":
+                _register_fast(fast_key, plan, qkv, kc, vc, compiled, constexpr_values, spans)
     if not placeholders:  # the eager fast path: absent outputs stay None
         return outs["q"], outs["gate"], outs["k"], outs["v"]
     return _with_placeholders(outs, qkv)
@@ -322,6 +447,22 @@ def fused_qkv_split_qk_norm_rope_cache(
     Raises:
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout, device or value.
     """
+    fast_key = None
+    if layer is None and _plain_eager(qkv, key_cache, value_cache):
+        # eager fast path: a call signature that was validated and launched before goes straight to the launcher
+        try:
+            fast_key = _fast_key(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping,
+                                 offsets, k_scale, v_scale, num_q_heads, num_kv_heads, head_dim, eps,
+                                 norm_weight_offset, is_neox, rotary_dim, attn_output_gate, gated_qkv_layout,
+                                 kv_cache_layout, return_kv)
+            entry = _FAST.get(fast_key)
+        except (AttributeError, TypeError):  # not tensors, or unhashable values: the checks below name them
+            fast_key = entry = None
+        if entry is not None:
+            out = entry(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets,
+                        k_scale, v_scale)
+            if out is not None:
+                return out
     _check_config(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
                   norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
                   attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
@@ -338,7 +479,7 @@ def fused_qkv_split_qk_norm_rope_cache(
             num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
             gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
     if _plain_eager(qkv, key_cache, value_cache):
-        q, gate, k, v = _launch(*args, placeholders=False)
+        q, gate, k, v = _launch(*args, placeholders=False, fast_key=fast_key)
     else:
         q, gate, k, v = torch.ops.fused_qkv.split_qk_norm_rope_cache(*args)
     return FusedQKVOutput(q, gate if attn_output_gate else None, k if return_kv else None,

@@ -1,0 +1,137 @@
+"""The torch op's eager fast path on CUDA (``torch_api.op._FastLaunch``): a call signature that was validated and
+launched once goes straight to Triton's launcher on later calls. Each test checks which path a call took (the
+configuration check runs only on the checked path) and every call's results against the float64 oracle."""
+
+import dataclasses
+
+import pytest
+import torch
+from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+from fused_qkv.torch_api import op as op_module
+from helpers import Case, check_against_oracle, make_inputs
+from triton import knobs
+
+CASES = [
+    Case(T=16),
+    Case(T=5, gate="blocked", cache_dtype="float8_e4m3fn", scale="head", return_kv=False, table="vllm_view"),
+    Case(T=9, cache_view=True, layout="HND", with_offsets=True, q_norm=False, rotary_dim=8, is_neox=False,
+         slots="negative", index_dtype="int32"),
+    Case(T=7, dtype="float32", gate="interleaved", scale="tensor", cache_dtype="float8_e5m2", slots="short",
+         row_pad=8),
+]
+
+
+@pytest.fixture
+def checked_calls(monkeypatch):
+    """Counts the calls that took the checked path; starts with empty caches."""
+    op_module.clear_caches()
+    calls = []
+    real = op_module._check_config
+
+    def counting(**config):
+        calls.append(config)
+        return real(**config)
+
+    monkeypatch.setattr(op_module, "_check_config", counting)
+    yield calls
+    op_module.clear_caches()
+
+
+def _call_and_check(case, args, kwargs):
+    kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+    out = op(**args, **kwargs)
+    check_against_oracle(case, args, kwargs, out, kc0, vc0, args["key_cache"], args["value_cache"])
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c.T}-{c.gate}-{c.cache_dtype}-view{c.cache_view}")
+def test_repeated_calls_take_the_fast_path_and_stay_correct(case, checked_calls):
+    outs = []
+    for seed in range(4):  # new tensors with new values, same shapes and strides
+        c = dataclasses.replace(case, seed=seed)
+        args, kwargs = make_inputs(c, "cuda")
+        outs.append(_call_and_check(c, args, kwargs))
+    assert len(checked_calls) == 1, "only the first call should take the checked path"
+    assert len({o.q.data_ptr() for o in outs}) == len(outs), "each call returns new output tensors"
+
+
+def test_overlapping_caches_are_rejected_after_a_fast_path_entry_exists(checked_calls):
+    case = Case(T=6)
+    args, kwargs = make_inputs(case, "cuda")
+    _call_and_check(case, args, kwargs)
+    _call_and_check(case, args, kwargs)
+    assert len(checked_calls) == 1
+    args["value_cache"] = args["key_cache"]  # same metadata as before, but the two caches now share every slot
+    for _ in range(2):
+        with pytest.raises(ValueError, match="overlap"):
+            op(**args, **kwargs)
+
+
+def test_qkv_view_inside_the_cache_allocation_is_rejected(checked_calls):
+    """qkv placed inside the key cache's storage with the metadata of an earlier good call."""
+    case = Case(T=4, num_blocks=64, dtype="float32", cache_dtype="float32")
+    args, kwargs = make_inputs(case, "cuda")
+    _call_and_check(case, args, kwargs)
+    kc = args["key_cache"]
+    args["qkv"] = kc.view(-1)[: args["qkv"].numel()].view(args["qkv"].shape)
+    with pytest.raises(ValueError, match="overlap"):
+        op(**args, **kwargs)
+
+
+def test_misaligned_pointer_takes_the_checked_path(checked_calls):
+    case = Case(T=8, dtype="float32", cache_dtype="float32")
+    args, kwargs = make_inputs(case, "cuda")
+    _call_and_check(case, args, kwargs)
+    positions = args["positions"]
+    base = torch.empty(positions.numel() + 1, dtype=positions.dtype, device="cuda")
+    args["positions"] = base[1:]  # 8 bytes past a 16-byte boundary
+    args["positions"].copy_(positions)
+    _call_and_check(case, args, kwargs)
+    assert len(checked_calls) == 2
+    args["positions"] = positions
+    _call_and_check(case, args, kwargs)
+    assert len(checked_calls) == 2  # aligned again: fast
+
+
+def test_launch_hooks_still_run_on_every_call(checked_calls):
+    case = Case(T=3)
+    args, kwargs = make_inputs(case, "cuda")
+    _call_and_check(case, args, kwargs)
+    seen = []
+    chain = knobs.runtime.launch_enter_hook  # Triton's chain of hooks (empty unless a tool added one)
+    chain.add(seen.append)
+    try:
+        for _ in range(3):
+            _call_and_check(case, args, kwargs)
+    finally:
+        chain.remove(seen.append)
+    assert len(seen) == 3
+
+
+def test_a_config_value_of_another_type_is_still_validated(checked_calls):
+    case = Case(T=3)
+    args, kwargs = make_inputs(case, "cuda")
+    _call_and_check(case, args, kwargs)
+    with pytest.raises(TypeError, match="is_neox must be a bool"):
+        op(**args, **dict(kwargs, is_neox=1))
+
+
+def test_fast_path_is_captured_by_a_cuda_graph(checked_calls):
+    case = Case(T=12, cache_dtype="float8_e4m3fn", scale="tensor")
+    args, kwargs = make_inputs(case, "cuda")
+    op(**args, **kwargs)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(**args, **kwargs)
+    assert len(checked_calls) == 1
+    new, new_kw = make_inputs(dataclasses.replace(case, seed=3), "cuda")
+    for name in ("qkv", "positions", "slot_mapping", "cos", "sin", "q_weight", "k_weight"):
+        args[name].copy_(new[name])
+    for name in ("k_scale", "v_scale"):
+        kwargs[name].copy_(new_kw[name])
+    kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+    graph.replay()
+    torch.cuda.synchronize()
+    check_against_oracle(dataclasses.replace(case, seed=3), args, kwargs, out, kc0, vc0, args["key_cache"],
+                         args["value_cache"])
