@@ -105,7 +105,9 @@ def graph_time_us(fn, reps: int, calls_per_graph: int = 1) -> float:
             fn()
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: XLA's own threads (the JAX rows of this run) may free or poll while this thread captures;
+    # in the default global mode any such call from another thread invalidates the capture
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         for _ in range(calls_per_graph):
             fn()
     graph.replay()
