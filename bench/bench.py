@@ -214,9 +214,9 @@ def torch_impls(shape, inp):
     return {"fused_torch": fused, "unfused_eager": eager, "compiled_math": compiled}
 
 
-def device_time_us(call, n: int) -> float:
-    """GPU time per call: the summed durations of the kernels, copies and memsets that ``n`` calls ran, as
-    CUPTI records them through ``torch.profiler`` (XLA's kernels included: CUPTI traces the whole process)."""
+def gpu_activities(call, n: int) -> list:
+    """(name, microseconds) of every kernel, copy and memset that ``n`` calls ran, as CUPTI records them through
+    ``torch.profiler`` (XLA's kernels included: CUPTI traces the whole process). One warm-up call first."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -227,10 +227,15 @@ def device_time_us(call, n: int) -> float:
         for _ in range(n):
             call()
         torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    events = [(e.name, e.time_range.elapsed_us()) for e in prof.events() if e.device_type == DeviceType.CUDA]
     if not events:
         raise RuntimeError("the profiler recorded no GPU activity")
-    return sum(e.time_range.elapsed_us() for e in events) / n
+    return events
+
+
+def device_time_us(call, n: int) -> float:
+    """GPU time per call: the summed durations of the kernels, copies and memsets that ``n`` calls ran."""
+    return sum(us for _, us in gpu_activities(call, n)) / n
 
 
 def jax_impls(shape, inp):

@@ -6,24 +6,13 @@ call. Used to tell a slower kernel apart from extra work around it."""
 import collections
 import sys
 
-from .bench import SHAPES, jax_impls, torch_impls, torch_inputs
+from .bench import SHAPES, gpu_activities, jax_impls, torch_impls, torch_inputs
 
 
 def events(call, n=20):
-    import torch
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    call()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            call()
-        torch.cuda.synchronize()
     acc = collections.defaultdict(list)
-    for e in prof.events():
-        if e.device_type == DeviceType.CUDA:
-            acc[e.name].append(e.time_range.elapsed_us())
+    for name, us in gpu_activities(call, n):
+        acc[name].append(us)
     return {name: (sum(d) / len(d), len(d) / n) for name, d in acc.items()}
 
 
