@@ -8,6 +8,9 @@
 #                              the fused op alone, an older version (a checkout in DIR, e.g. `git worktree add
 #                              .v2 REV`, carried) then this one (bench/compare_versions.py); the host-time
 #                              profile; then pytest on TESTS (cuda), if given
+#   bash .ci/gpu.sh native [TESTS...]
+#                              build the native eager launcher (timed), its tests and the fast-path tests on cuda
+#                              (plus TESTS), then the host-time profile
 # Writes full logs under $OUT (default ./gpu-out).
 mode=${1:-tests}
 set -o pipefail
@@ -44,6 +47,19 @@ if [ "$mode" = compare ]; then
     FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider "$@" -rf 2>&1 \
       | tee "$OUT/pytest_cuda_focused.log" | tail -15 || rc=1
   fi
+  exit $rc
+fi
+if [ "$mode" = native ]; then
+  shift
+  python3 -c "
+import time; t = time.perf_counter()
+from fused_qkv.torch_api import native
+native.load()
+print(f'native launcher: {native.status()} (load/build {time.perf_counter() - t:.1f} s)')" 2>&1 | tee "$OUT/native_build.log"
+  FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fast_path.py \
+    tests/test_native_launcher.py tests/test_launch_cache.py "$@" -rf 2>&1 | tee "$OUT/pytest_native.log" | tail -15 \
+    || rc=1
+  python3 -m fused_qkv.bench.host_profile 2>&1 | tee "$OUT/host_profile.log" | head -8 || rc=1
   exit $rc
 fi
 if [ "$mode" = sanitize ]; then

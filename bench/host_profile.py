@@ -1,6 +1,7 @@
 """Where the eager host time of one torch call goes: ``python -m fused_qkv.bench.host_profile`` on a GPU machine
-prints, for the S1 shape at T=16 (and S2, gated), the wall time per call against one aten op measured in the same
-run, beside the parts no Python frontend can avoid: allocating the outputs (``torch.empty``) and Triton's own
+prints, for the S1 shape at T=16 (and S2, gated; S4, q only), the wall time per call against one aten op measured
+in the same run: through the native launcher (``torch_api/native.cpp``), through the Python fast path alone, and
+beside them the parts no Python launcher can avoid: allocating the outputs (``torch.empty``) and Triton's own
 launcher called with prepared arguments. Then a cProfile of 2000 S1 calls."""
 
 import cProfile
@@ -11,30 +12,38 @@ from .bench import SHAPES, host_overhead, torch_impls, torch_inputs
 
 
 def _parts(fn, reps):
-    """(op, outputs only, launcher only) host time per call in microseconds, for the fast-path entry of ``fn``."""
+    """Host time per call in microseconds: (native path or None, Python fast path, outputs only, Triton's launcher
+    only, number of outputs), for the fast-path entry of ``fn``."""
     import torch
+    from fused_qkv.torch_api import native
     from fused_qkv.torch_api import op as top
 
     top.clear_caches()
     fn()
     out = fn()
     (entry,) = top._FAST.values()
-    ours = host_overhead(fn, reps=reps)
-    shapes = [s for s in entry.outs if s is not None]
-    dtype, device = out.q.dtype, out.q.device
+    ours = host_overhead(fn, reps=reps) if native.loaded() is not None and entry.native is not None else None
+    loaded = native.loaded
+    native.loaded = lambda: None  # the Python fast path alone
+    try:
+        python_path = host_overhead(fn, reps=reps)
+        shapes = [s for s in entry.outs if s is not None]
+        dtype, device = out.q.dtype, out.q.device
 
-    def alloc():
-        return [torch.empty(s, dtype=dtype, device=device) for s in shapes]
+        def alloc():
+            return [torch.empty(s, dtype=dtype, device=device) for s in shapes]
 
-    allocs = host_overhead(alloc, reps=reps)
-    # Triton's launcher with the exact arguments of one fast call (recorded; that call's outputs stay alive)
-    recorded, run = [], entry.run
-    entry.run = lambda *args: recorded.append(args)
-    keep = fn()
-    entry.run = run
-    launch = host_overhead(lambda: run(*recorded[0]), reps=reps)
-    del keep
-    return ours, allocs, launch, len(shapes)
+        allocs = host_overhead(alloc, reps=reps)
+        # Triton's launcher with the exact arguments of one fast call (recorded; that call's outputs stay alive)
+        recorded, run = [], entry.run
+        entry.run = lambda *args: recorded.append(args)
+        keep = fn()
+        entry.run = run
+        launch = host_overhead(lambda: run(*recorded[0]), reps=reps)
+        del keep
+    finally:
+        native.loaded = loaded
+    return ours, python_path, allocs, launch, len(shapes)
 
 
 def main() -> int:
@@ -42,14 +51,18 @@ def main() -> int:
 
     x, y = torch.randn(16, device="cuda"), torch.empty(16, device="cuda")
     aten = host_overhead(lambda: torch.add(x, 1.0, out=y), reps=2000)
+    from fused_qkv.torch_api import native
+
     print(f"one aten op (torch.add(x, 1.0, out=y)): {aten:.1f} us")
     for name in ("S1", "S2", "S4"):
         fn = torch_impls(SHAPES[name], torch_inputs(SHAPES[name], 16))["fused_torch"]
-        ours, allocs, launch, n = _parts(fn, 2000)
-        rest = ours - allocs - launch
-        parts = (f"{n} x torch.empty {allocs:.1f} us = {allocs / aten:.2f}; Triton's launcher alone {launch:.1f} us"
-                 f" = {launch / aten:.2f}; the rest (Python) {rest:.1f} us = {rest / aten:.2f}")
-        print(f"{name} T=16: fused op {ours:.1f} us per eager call = {ours / aten:.2f} aten ops ({parts} aten ops)")
+        ours, python_path, allocs, launch, n = _parts(fn, 2000)
+        rest = python_path - allocs - launch
+        native_txt = "unavailable" if ours is None else f"{ours:.1f} us = {ours / aten:.2f} aten ops"
+        print(f"{name} T=16 per eager call: native launcher {native_txt}; Python fast path {python_path:.1f} us = "
+              f"{python_path / aten:.2f} aten ops, of which {n} x torch.empty {allocs:.1f} us = {allocs / aten:.2f}, "
+              f"Triton's launcher alone {launch:.1f} us = {launch / aten:.2f}, the rest (Python) {rest:.1f} us = "
+              f"{rest / aten:.2f}")
     fn = torch_impls(SHAPES["S1"], torch_inputs(SHAPES["S1"], 16))["fused_torch"]
     prof = cProfile.Profile()
     prof.enable()
@@ -58,6 +71,7 @@ def main() -> int:
     torch.cuda.synchronize()
     prof.disable()
     pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+    print(f"native launcher: {native.status()}")
     return 0
 
 

@@ -8,6 +8,7 @@ import torch
 from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
 from fused_qkv.core.launch import launch_interpreted
 from fused_qkv.core.spec import SCALAR_NAMES, check_overlaps
+from fused_qkv.torch_api import native as _native
 from triton import knobs
 from triton.knobs import HookChain
 
@@ -205,11 +206,12 @@ class _FastLaunch:
     not yet checked exactly."""
 
     __slots__ = ("spans", "ok_pairs", "outs", "device", "index", "scalars", "tail", "grid0", "run",
-                 "function", "packed_metadata")
+                 "function", "packed_metadata", "native")
 
     def __init__(self, plan, device, compiled, constexpr_values, spans):
         self.spans = spans
         self.ok_pairs = frozenset()
+        self.native = None  # (native module, generation, index) when the native path also has this signature
         self.outs = tuple(None if plan.out_shapes[n] is None else plan.out_shapes[n][0]
                           for n in ("q", "gate", "k", "v"))
         self.device = device
@@ -251,16 +253,78 @@ class _FastLaunch:
         return FusedQKVOutput(q, gate, k, v)
 
 
-def _register_fast(key, plan, qkv, kc, vc, compiled, constexpr_values, spans):
+def _register_fast(key, plan, tensors, cfg, compiled, constexpr_values, spans):
+    """Record a validated, launched call signature for the eager fast paths: the Python one (``_FastLaunch``) and,
+    where it is available, the native one (``native.cpp``). ``tensors``: the 12 tensors (or None) in ``_FastLaunch``
+    argument order; ``cfg``: the configuration values as the public function passes them to the native path."""
+    qkv, kc, vc = tensors[0], tensors[6], tensors[7]
     entry = _FAST.get(key)
     if entry is None:
         if len(_FAST) >= _FAST_MAX:
             _FAST.clear()
         entry = _FAST[key] = _FastLaunch(plan, qkv.device, compiled, constexpr_values, spans)
+        module = _native.load()
+        if module is not None:
+            entry.native = _native_register(module, plan, tensors, cfg, compiled, constexpr_values, spans)
     # the byte ranges of these pairs meet, and the exact check (in _cached_plan) found no shared element: whether
     # two arrays share an element depends on their pointers' difference only, so that difference is now known good
     if len(entry.ok_pairs) < 64:
-        entry.ok_pairs |= _meeting_pairs(spans, qkv.data_ptr(), kc.data_ptr(), vc.data_ptr())
+        pairs = _meeting_pairs(spans, qkv.data_ptr(), kc.data_ptr(), vc.data_ptr())
+        entry.ok_pairs |= pairs
+        if entry.native is not None:
+            for name, diff in pairs:
+                entry.native[0].add_ok_pair(entry.native[1], entry.native[2], _PAIR_CODES[name], diff)
+
+
+_PAIR_CODES = {"kv": 0, "qk": 1, "qv": 2}
+# kernel pointer arguments (spec.INPUT_NAMES order) -> index among the 12 tensors of a native call
+_NATIVE_TENSOR_INDEX = {"qkv": 0, "q_weight": 1, "k_weight": 2, "cos": 3, "sin": 4, "positions": 5, "offsets": 9,
+                        "slot_mapping": 8, "k_scale": 10, "v_scale": 11, "layer": None, "key_cache_in": 6,
+                        "value_cache_in": 7}
+_NATIVE_SCALAR_KINDS = {"i32": 2, "i64": 3, "fp32": 4}
+
+
+def _native_params(compiled, plan, constexpr_values):
+    """The compiled kernel's parameters in order, as (kind, value) for ``native.cpp``: kind 0 = pointer of one of
+    the 12 call tensors, 1 = pointer of output q/gate/k/v, 2/3/4 = i32/i64/fp32 value, 5 = null pointer. Mirrors
+    Triton's launcher: parameters the compiled signature made constexpr are not passed, and two scratch pointers
+    follow. None when the kernel needs anything the native launcher does not do (scratch memory, PDL, clusters)."""
+    src, meta = getattr(compiled, "src", None), getattr(compiled, "metadata", None)
+    if src is None or meta is None or getattr(meta, "global_scratch_size", 1) or \
+            getattr(meta, "profile_scratch_size", 1) or getattr(meta, "launch_pdl", True) or \
+            getattr(meta, "launch_cooperative_grid", True) or getattr(meta, "num_ctas", 2) != 1:
+        return None
+    sources = ([("tensor", _NATIVE_TENSOR_INDEX[n]) for n in INPUT_NAMES]
+               + [("scalar", plan.scalars[n]) for n in SCALAR_NAMES]
+               + [("output", i) if plan.out_shapes[n] is not None else ("tensor", None)
+                  for i, n in enumerate(("q", "gate", "k", "v"))]
+               + [("tensor", 6), ("tensor", 7)] + [("constexpr", v) for v in constexpr_values])
+    types = list(src.signature.values())
+    if len(types) != len(sources):
+        return None
+    params = []
+    for (what, value), ty in zip(sources, types, strict=True):
+        if ty == "constexpr":
+            continue
+        if ty.startswith("*") and what in ("tensor", "output") and value is not None:
+            params.append((0 if what == "tensor" else 1, value))
+        elif what == "scalar" and ty in _NATIVE_SCALAR_KINDS:
+            params.append((_NATIVE_SCALAR_KINDS[ty], value))
+        else:
+            return None
+    return tuple(params) + ((5, 0), (5, 0))  # global and profile scratch: none
+
+
+def _native_register(module, plan, tensors, cfg, compiled, constexpr_values, spans):
+    """Record this call signature in the native module; returns (module, generation, index) or None."""
+    params = _native_params(compiled, plan, constexpr_values)
+    if params is None:
+        return None
+    (q0, q1), (k0, k1), (v0, v1) = spans
+    outs = tuple(None if plan.out_shapes[n] is None else tuple(plan.out_shapes[n][0]) for n in ("q", "gate", "k", "v"))
+    generation, index = module.add(cfg, tuple(tensors), (q0, q1, k0, k1, v0, v1), outs, int(compiled.function),
+                                   plan.grid[0], 32 * compiled.metadata.num_warps, compiled.metadata.shared, params)
+    return module, generation, index
 
 
 def _meeting_pairs(spans, pq, pk, pv) -> frozenset:
@@ -283,6 +347,9 @@ def clear_caches() -> None:
     _VALID_CONFIGS.clear()
     _COMPILED.clear()
     _FAST.clear()
+    module = _native.loaded()
+    if module is not None:
+        module.clear()
 
 
 def _select_layer(key_cache, value_cache, layer):
@@ -347,7 +414,10 @@ def _launch(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache
         else:
             compiled, constexpr_values, aligned = _launch_compiled(plan, args, qkv.device.index)
             if fast_key is not None and aligned and target == "cuda":
-                _register_fast(fast_key, plan, qkv, kc, vc, compiled, constexpr_values, spans)
+                cfg = (num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
+                       attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv)
+                _register_fast(fast_key, plan, (qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping,
+                                                offsets, k_scale, v_scale), cfg, compiled, constexpr_values, spans)
     if not placeholders:  # the eager fast path: absent outputs stay None
         return outs["q"], outs["gate"], outs["k"], outs["v"]
     return _with_placeholders(outs, qkv)
@@ -447,6 +517,17 @@ def fused_qkv_split_qk_norm_rope_cache(
     Raises:
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout, device or value.
     """
+    native = _native.loaded()
+    if native is not None and layer is None and not torch.compiler.is_compiling() and \
+            not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled() and \
+            not _hooked(knobs.runtime.launch_enter_hook) and not _hooked(knobs.runtime.launch_exit_hook):
+        # native eager path (native.cpp): a recorded call signature allocates and launches from C++; it checks the
+        # tensors (plain, metadata, device, alignment, overlaps) and returns None for anything it does not cover
+        out = native.call((num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
+                           attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv), qkv, q_weight, k_weight,
+                          cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale, v_scale)
+        if out is not None:
+            return FusedQKVOutput(*out)
     fast_key = None
     if layer is None and _plain_eager(qkv, key_cache, value_cache):
         # eager fast path: a call signature that was validated and launched before goes straight to the launcher

@@ -135,3 +135,32 @@ def test_fast_path_is_captured_by_a_cuda_graph(checked_calls):
     torch.cuda.synchronize()
     check_against_oracle(dataclasses.replace(case, seed=3), args, kwargs, out, kc0, vc0, args["key_cache"],
                          args["value_cache"])
+
+
+def test_repeated_calls_launch_from_the_native_launcher(checked_calls, monkeypatch):
+    """On CUDA the recorded signature launches from native.cpp: neither the checks nor the Python fast path run,
+    and the results are bit-identical to the Python fast path's."""
+    from fused_qkv.torch_api import native
+
+    python_fast = []
+    real_call = op_module._FastLaunch.__call__
+    monkeypatch.setattr(op_module._FastLaunch, "__call__",
+                        lambda self, *a: python_fast.append(1) or real_call(self, *a))
+    case = Case(T=11, gate="interleaved", cache_dtype="float8_e4m3fn", scale="head")
+    args, kwargs = make_inputs(case, "cuda")
+    _call_and_check(case, args, kwargs)
+    assert native.loaded() is not None, native.status()
+    assert native.status().startswith("in use")
+    kc0, vc0 = args["key_cache"].clone(), args["value_cache"].clone()
+    out_native = _call_and_check(case, args, kwargs)
+    kc_native, vc_native = args["key_cache"].clone(), args["value_cache"].clone()
+    assert len(checked_calls) == 1 and not python_fast
+    args["key_cache"].copy_(kc0)
+    args["value_cache"].copy_(vc0)
+    monkeypatch.setattr(native, "loaded", lambda: None)
+    out_python = op(**args, **kwargs)
+    assert len(checked_calls) == 1 and len(python_fast) == 1
+    for a, b in zip(out_native, out_python, strict=True):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    assert torch.equal(args["key_cache"].view(torch.uint8), kc_native.view(torch.uint8))
+    assert torch.equal(args["value_cache"].view(torch.uint8), vc_native.view(torch.uint8))

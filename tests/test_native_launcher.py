@@ -1,0 +1,191 @@
+"""The torch frontend's native eager launcher (``torch_api/native.cpp``), built here with the CPU torch and run on
+CPU tensors: entries on CPU record their launch instead of calling the driver. With the compile target and
+Triton's compile faked (no GPU), the native path must hand the kernel exactly the parameters Triton's own launcher
+would (its signature decides which arguments are constexpr), allocate outputs of the documented shapes, and send
+every call it does not cover back to the checked Python path. The same path on the H100: tests/gpu/test_fast_path.py.
+"""
+
+import dataclasses
+import struct
+import types
+
+import pytest
+import torch
+from fused_qkv.torch_api import native
+from fused_qkv.torch_api import op as op_module
+from helpers import Case, make_inputs
+from triton._C.libtriton import native_specialize_impl
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
+
+BACKEND = CUDABackend(GPUTarget("cuda", 90, 32))
+
+
+def _triton_type(arg):
+    """The signature type Triton's JIT gives a runtime argument (pointer, i32/i64/fp32, or constexpr)."""
+    if arg is None:
+        return "constexpr"
+    return native_specialize_impl(BACKEND, arg, False, True, True)[0]
+
+
+class _FakeCompiled:
+    """A compiled kernel as Triton returns it, with the signature Triton would have built for these arguments."""
+
+    function, packed_metadata = 0x7000, (4, 1, 0)
+
+    def __init__(self, args, tail):
+        names = [f"a{i}" for i in range(len(args) + len(tail))]
+        types_ = [_triton_type(a) for a in args] + ["constexpr"] * len(tail)
+        self.src = types.SimpleNamespace(signature=dict(zip(names, types_, strict=True)))
+        self.metadata = types.SimpleNamespace(num_warps=2, shared=96, global_scratch_size=0, profile_scratch_size=0,
+                                              launch_pdl=False, launch_cooperative_grid=False, num_ctas=1)
+        self.python_launches = []
+
+    def run(self, *args):
+        self.python_launches.append(args)
+
+
+@pytest.fixture
+def faked(monkeypatch):
+    """CPU tensors treated as CUDA ones by the frontend, Triton's compile and launch faked; yields the record."""
+    module = native.load(warn=False)
+    assert module is not None, native.status()
+    rec = types.SimpleNamespace(checked=[], compiled=None)
+
+    def launch_compiled(plan, args, device):
+        rec.checked.append(list(args))
+        tail = [plan.constexprs[n] for n in op_module.get_kernel(interpret=False).arg_names[len(args):]]
+        if rec.compiled is None:
+            rec.compiled = _FakeCompiled(args, tail)
+        return rec.compiled, tail, True
+
+    monkeypatch.setattr(op_module, "_target", lambda device: "cuda")
+    monkeypatch.setattr(op_module, "_launch_compiled", launch_compiled)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # CPU tensors: device index None
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: None, raising=False)
+    op_module.clear_caches()
+    yield rec
+    op_module.clear_caches()
+
+
+def _expected_params(checked_args, out):
+    """What Triton's launcher passes the kernel for these arguments: every argument its signature does not make
+    constexpr (tensors as data pointers, fp32 as bits), in order, then the two scratch pointers (null)."""
+    outs = iter([out.q, out.gate, out.k, out.v])
+    values = []
+    for i, a in enumerate(checked_args):
+        if 19 <= i < 23:  # q, gate, k, v: this call's new outputs
+            a = next(outs)
+        ty = _triton_type(a)
+        if ty == "constexpr":
+            continue
+        if isinstance(a, torch.Tensor):
+            values.append(a.data_ptr())
+        elif ty == "fp32":
+            values.append(struct.unpack("<I", struct.pack("<f", a))[0])
+        else:
+            values.append(a & 0xFFFFFFFF if ty == "i32" else a)
+    return values + [0, 0]
+
+
+CASES = [
+    Case(T=5, gate="interleaved", scale="head", with_offsets=True),
+    Case(T=1, return_kv=False, cache_dtype="float8_e4m3fn", scale="tensor", q_norm=False),  # T=1: constexpr ints
+    Case(T=16, layout="HND", rotary_dim=16, is_neox=False, index_dtype="int32", table="vllm_view", row_pad=8,
+         dtype="float16", offset=1.0, slots="negative"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c.T}-gate{c.gate}-kv{c.return_kv}-{c.layout}")
+def test_native_path_passes_the_parameters_tritons_launcher_would(case, faked):
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    args, kwargs = make_inputs(case)
+    op(**args, **kwargs)  # checked path: validates, plans, "compiles", records the signature
+    assert len(faked.checked) == 1 and native.loaded().size() == 1
+    out = op(**args, **kwargs)
+    assert len(faked.checked) == 1 and not faked.compiled.python_launches, "the second call must be native"
+    grid0, block, shared, params = native.loaded().last_recorded()
+    plan_grid = op_module._FAST[next(iter(op_module._FAST))].grid0
+    assert (grid0, block, shared) == (plan_grid, 2 * 32, 96)
+    assert list(params) == _expected_params(faked.checked[0], out)
+    QH, KVH, D, T = case.QH, case.KVH, case.D, case.T
+    assert tuple(out.q.shape) == (T, QH, D) and out.q.dtype == args["qkv"].dtype
+    assert (out.gate is None) == (case.gate is None) and (out.k is None) == (not case.return_kv)
+    if case.gate:
+        assert tuple(out.gate.shape) == (T, QH, D)
+    if case.return_kv:
+        assert tuple(out.k.shape) == tuple(out.v.shape) == (T, KVH, D)
+    again = op(**args, **kwargs)
+    assert again.q.data_ptr() != out.q.data_ptr(), "each call returns new outputs"
+
+
+def test_native_path_sends_what_it_does_not_cover_to_the_checked_path(faked):
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    case = Case(T=6, gate="blocked")
+    args, kwargs = make_inputs(case)
+    op(**args, **kwargs)
+    op(**args, **kwargs)
+    assert len(faked.checked) == 1
+
+    def python_path_taken(call_args, call_kwargs):
+        before = (len(faked.checked), len(faked.compiled.python_launches))
+        op(**call_args, **call_kwargs)
+        return (len(faked.checked), len(faked.compiled.python_launches)) != before
+
+    base = torch.empty(args["positions"].numel() + 1, dtype=args["positions"].dtype)
+    assert python_path_taken(dict(args, positions=base[1:]), kwargs)  # misaligned pointer
+    assert python_path_taken(dict(args, qkv=args["qkv"].as_subclass(_Sub)), kwargs)  # a tensor subclass
+    # errors only the checked path raises: the native path did not take these calls
+    with pytest.raises(TypeError, match="is_neox must be a bool"):  # a value that compares equal to True
+        op(**args, **dict(kwargs, is_neox=1))
+    with pytest.raises(ValueError, match="must not overlap"):  # same metadata, caches now one array
+        op(**dict(args, value_cache=args["key_cache"]), **kwargs)
+    assert python_path_taken(args, dict(kwargs, eps=2e-6))  # another configuration: checked, then recorded
+    assert not python_path_taken(args, dict(kwargs, eps=2e-6))
+    assert not python_path_taken(args, kwargs)
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_qkv_that_requires_grad_is_not_taken_natively(faked):
+    """Autograd on the inputs: the public function sends such calls through the registered op (the Python path)."""
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    case = Case(T=3, dtype="float32", cache_dtype="float32")
+    args, kwargs = make_inputs(case)
+    op(**args, **kwargs)
+    module = native.loaded()
+    cfg = next(iter(op_module._FAST))[12:23]  # the configuration values, as the public function passes them
+    tensors = [args[n] for n in ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache",
+                                 "value_cache", "slot_mapping")] + [None, None, None]
+    assert module.call(cfg, *tensors) is not None
+    tensors[0] = args["qkv"].clone().requires_grad_(True)
+    assert module.call(cfg, *tensors) is None
+    tensors[0] = args["qkv"].as_subclass(_Sub)
+    assert module.call(cfg, *tensors) is None
+    assert module.call(cfg[:-1] + (not cfg[-1],), *([args["qkv"]] + tensors[1:])) is None  # another config
+    assert module.call((1,) + cfg[1:], *([args["qkv"]] + tensors[1:])) is None
+
+
+def test_caches_in_one_allocation_run_the_exact_overlap_check_once_per_pointer_difference(faked):
+    """Key and value caches interleaved in one allocation: their byte ranges meet. The checked path's exact
+    check accepts a pointer difference once; the native path then takes calls with that difference only."""
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    case = dataclasses.replace(Case(T=5), cache_view=True)
+    args, kwargs = make_inputs(case)
+    for _ in range(3):
+        op(**args, **kwargs)
+    assert len(faked.checked) == 1 and not faked.compiled.python_launches
+    _, _, _, params = native.loaded().last_recorded()
+    assert args["key_cache"].data_ptr() in params and args["value_cache"].data_ptr() in params
+    swapped = dict(args, key_cache=args["value_cache"], value_cache=args["key_cache"])  # same metadata, -difference
+    for _ in range(3):
+        op(**swapped, **kwargs)
+    assert len(faked.checked) == 2 and not faked.compiled.python_launches
+
+
+def test_status_and_switch(monkeypatch):
+    assert native.enabled()
+    monkeypatch.setenv("FUSED_QKV_NATIVE", "0")
+    assert not native.enabled()
