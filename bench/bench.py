@@ -329,8 +329,10 @@ def run(shapes, tokens, out_dir, with_jax=True):
                   f"{100 * nbytes / (f * 1e-6) / 1e9 / copy_bw:5.1f}% of copy", flush=True)
             del inp
             torch.cuda.empty_cache()
+    from fused_qkv.torch_api import native
+
     result = dict(device=dev, copy_bandwidth_gbps=copy_bw, aten_op_host_us=aten_us, host_overhead_ratio=host,
-                  kernel_us=kernel_us, oracle_check=checks, rows=rows)
+                  native_launcher=native.status(), kernel_us=kernel_us, oracle_check=checks, rows=rows)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump(result, f, indent=1)
     print_table(result)
@@ -386,6 +388,7 @@ def sweep(shapes, tokens, out_dir):
             inp = torch_inputs(shape, T)
             fn = torch_impls(shape, inp)["fused_torch"]
             reps = 200 if T <= 1024 else 20
+            per_graph = calls_per_graph(T, min_bytes(shape, T) / 3000e9 * 1e6)  # as the bench times the op
             timings = []
             for bt in (1, 2, 4, 8, 16, 32, 64):
                 for warps in (1, 2, 4, 8):
@@ -393,10 +396,10 @@ def sweep(shapes, tokens, out_dir):
                         continue
                     spec.TILE_OVERRIDE = (bt, warps)
                     top.clear_caches()
-                    timings.append((graph_time_us(fn, reps), bt, warps))
+                    timings.append((graph_time_us(fn, reps, per_graph), bt, warps))
             spec.TILE_OVERRIDE = None
             top.clear_caches()
-            default = graph_time_us(fn, reps)
+            default = graph_time_us(fn, reps, per_graph)
             timings.sort()
             nbytes = min_bytes(shape, T)
             print(f"{sname} T={T}: default {default:.1f} us; best " + ", ".join(
@@ -433,6 +436,7 @@ def print_table(result):
               f" {get('unfused_eager') / get('fused_torch'):>8.2f} {get('compiled_math') / get('fused_torch'):>9.2f}"
               f" {get('unfused_jax') / get('fused_jax'):>6.2f} {get('unfused_jax') / get('floor'):>9.2f}"
               f" {kern(s, T, 'fused_jax') / kern(s, T, 'fused_torch'):>9.2f}")
+    print(f"torch eager launcher: native {result.get('native_launcher', 'not recorded')}")
     print("host overhead per eager call at T=16, in aten ops:",
           ", ".join(f"{k} {v:.2f}" for k, v in result["host_overhead_ratio"].items()))
 

@@ -65,8 +65,12 @@ def jax_pointer_dtypes(plan: LaunchPlan) -> dict:
     return {k: v if v is not None else "float32" for k, v in plan.pointer_dtypes.items()}
 
 
-def compile_for(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], target: str, **kw):
-    """Compile the kernel for ``target`` (a key of ``TARGETS``); returns Triton's compiled kernel."""
+def compile_for(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], target: str, *,
+                aligned_pointers: bool = False, **kw):
+    """Compile the kernel for ``target`` (a key of ``TARGETS``); returns Triton's compiled kernel.
+
+    ``aligned_pointers``: tell the compiler every pointer is 16-byte aligned, as jax-triton always does and Triton's
+    launcher does for aligned tensors (integer scalars get no such facts: jax-triton's view of them)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -74,7 +78,9 @@ def compile_for(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], t
 
     fn = get_kernel(interpret=False)
     sig, consts = signature(plan, pointer_dtypes, **kw)
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if aligned_pointers and sig.get(name, "").startswith("*")}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget(*TARGETS[target]),
                           options={"num_warps": plan.num_warps})
 

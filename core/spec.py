@@ -406,6 +406,7 @@ def plan_launch(
         VC_LAYER_STRIDE=vls, VC_BLOCK_STRIDE=vbs, VC_SLOT_STRIDE=vss, VC_HEAD_STRIDE=vhs,
         BLOCK_SIZE=block_size, BLOCK_T=block_t, BLOCK_HALF=block_half, BLOCK_PASS=block_pass, BLOCK_D=block_d,
         HAS_PASS=has_pass, HW_CAST=target != "interpreter",
+        TOKENS_MULT16=T % 16 == 0, SLOTS_MULT16=slot_mapping.shape[0] % 16 == 0,
     )
     scalars = dict(
         num_tokens=T, num_slot_entries=slot_mapping.shape[0], num_cache_slots=num_blocks * block_size,
