@@ -1,6 +1,7 @@
 """Run under ``compute-sanitizer --tool memcheck``: the oracle case list plus fuzzed configurations through the
 torch op on CUDA (each also checked against the oracle). The sanitizer reports any out-of-bounds access. Each
-configuration runs twice, on new tensors of the same metadata: the second call takes the eager fast path."""
+configuration runs twice, on new tensors of the same metadata: the second call takes the eager fast path (the
+native launcher where it is built)."""
 
 import dataclasses
 import os
@@ -20,10 +21,13 @@ warnings.filterwarnings("ignore", category=NonInteractiveExampleWarning)
 
 
 def main(n_fuzz: int) -> int:
+    from fused_qkv.torch_api import native
     from fused_qkv.torch_api import op as op_module
 
     checked, real = [], op_module._check_config
     op_module._check_config = lambda **config: (checked.append(1), real(**config))[1]
+    python_fast, real_fast = [], op_module._FastLaunch.__call__
+    op_module._FastLaunch.__call__ = lambda self, *a: (python_fast.append(1), real_fast(self, *a))[1]
     random.seed(0)
     configs = list(DEVICE_CASES) + [cases().example() for _ in range(n_fuzz)]
     for case in configs:
@@ -31,8 +35,11 @@ def main(n_fuzz: int) -> int:
             continue
         run_torch(case, "cuda")
         run_torch(dataclasses.replace(case, seed=case.seed + 1), "cuda")
+    calls = 2 * sum(1 for c in configs if not (c.table == "vllm_view" and c.table_dtype == "float32"))
+    native_calls = calls - len(checked) - len(python_fast)  # the native launcher returns before the Python paths
     print(f"SANITIZE RUN DONE: {len(configs)} configurations, two calls each; {len(checked)} calls took the checked "
-          "path, the others the fast path")
+          f"path, {len(python_fast)} reached the Python fast path, {native_calls} launched from the native launcher "
+          f"({native.status()})")
     return 0
 
 
