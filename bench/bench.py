@@ -23,6 +23,7 @@ alternating rounds).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -192,6 +193,38 @@ def host_overhead(fn, reps=200) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / reps * 1e6
+
+
+@contextlib.contextmanager
+def python_launcher_only():
+    """Inside: the torch op's eager calls skip the native launcher (torch_api/native.cpp) and take the Python path."""
+    from fused_qkv.torch_api import native
+
+    loaded = native.loaded
+    native.loaded = lambda: None
+    try:
+        yield
+    finally:
+        native.loaded = loaded
+
+
+def recorded_launch(fn):
+    """Clear the torch op's caches and call ``fn`` (one eager call of it) twice through the Python path; returns
+    (the fast-path entry, the arguments its second call handed Triton's launcher, that call's outputs, which must
+    stay alive while the arguments are reused)."""
+    from fused_qkv.torch_api import op as top
+
+    top.clear_caches()
+    with python_launcher_only():
+        fn()
+        (entry,) = top._FAST.values()
+        recorded, run = [], entry.run
+        entry.run = lambda *args: recorded.append(args)
+        try:
+            out = fn()
+        finally:
+            entry.run = run
+    return entry, recorded[0], out
 
 
 def host_ratio(fn, aten_fn, rounds: int = 5, reps: int = 400) -> tuple:

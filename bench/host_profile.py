@@ -8,41 +8,32 @@ import cProfile
 import pstats
 import sys
 
-from .bench import SHAPES, host_overhead, torch_impls, torch_inputs
+from .bench import SHAPES, host_overhead, python_launcher_only, recorded_launch, torch_impls, torch_inputs
 
 
 def _parts(fn, reps):
     """Host time per call in microseconds: (native path or None, Python fast path, outputs only, Triton's launcher
     only, number of outputs), for the fast-path entry of ``fn``."""
     import torch
-    from fused_qkv.torch_api import native
     from fused_qkv.torch_api import op as top
 
     top.clear_caches()
     fn()
-    out = fn()
+    fn()
     (entry,) = top._FAST.values()
-    ours = host_overhead(fn, reps=reps) if native.loaded() is not None and entry.native is not None else None
-    loaded = native.loaded
-    native.loaded = lambda: None  # the Python fast path alone
-    try:
+    ours = host_overhead(fn, reps=reps) if entry.native is not None else None
+    with python_launcher_only():
         python_path = host_overhead(fn, reps=reps)
-        shapes = [s for s in entry.outs if s is not None]
-        dtype, device = out.q.dtype, out.q.device
+    # Triton's launcher with the exact arguments of one Python fast-path call (whose outputs stay alive)
+    entry, args, out = recorded_launch(fn)
+    shapes = [s for s in entry.outs if s is not None]
+    dtype, device = out.q.dtype, out.q.device
 
-        def alloc():
-            return [torch.empty(s, dtype=dtype, device=device) for s in shapes]
+    def alloc():
+        return [torch.empty(s, dtype=dtype, device=device) for s in shapes]
 
-        allocs = host_overhead(alloc, reps=reps)
-        # Triton's launcher with the exact arguments of one fast call (recorded; that call's outputs stay alive)
-        recorded, run = [], entry.run
-        entry.run = lambda *args: recorded.append(args)
-        keep = fn()
-        entry.run = run
-        launch = host_overhead(lambda: run(*recorded[0]), reps=reps)
-        del keep
-    finally:
-        native.loaded = loaded
+    allocs = host_overhead(alloc, reps=reps)
+    launch = host_overhead(lambda: entry.run(*args), reps=reps)
     return ours, python_path, allocs, launch, len(shapes)
 
 

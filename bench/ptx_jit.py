@@ -18,7 +18,7 @@ isolate the scalars.
 import ctypes
 import sys
 
-from .bench import SHAPES, device_time_us, graph_time_us, jax_impls, torch_impls, torch_inputs
+from .bench import SHAPES, device_time_us, graph_time_us, jax_impls, recorded_launch, torch_impls, torch_inputs
 
 
 def _driver_function(ptx: str, name: str) -> int:
@@ -39,27 +39,13 @@ def _variants(shape, inp):
     import triton
     from fused_qkv.core import get_kernel
     from fused_qkv.core.spec import INPUT_NAMES, SCALAR_NAMES
-    from fused_qkv.torch_api import native
     from fused_qkv.torch_api import op as top
     from triton.backends.compiler import GPUTarget
 
-    fn = torch_impls(shape, inp)["fused_torch"]
-    top.clear_caches()
-    loaded = native.loaded
-    native.loaded = lambda: None  # record through the Python fast path
-    try:
-        fn()
-        keep = fn()
-        (entry,) = top._FAST.values()
-        recorded, run = [], entry.run
-        entry.run = lambda *args: recorded.append(args)
-        keep = (keep, fn())
-        entry.run = run
-    finally:
-        native.loaded = loaded
+    _, args, keep = recorded_launch(torch_impls(shape, inp)["fused_torch"])
     (compiled, _, _), = top._COMPILED.values()
     src, meta = compiled.src, compiled.metadata
-    scalar_idx = {(INPUT_NAMES.__len__() + i,) for i in range(len(SCALAR_NAMES))}
+    scalar_idx = {(len(INPUT_NAMES) + i,) for i in range(len(SCALAR_NAMES))}
     attrs = {k: v for k, v in src.attrs.items() if k not in scalar_idx}
     jax_src = triton.compiler.ASTSource(fn=get_kernel(interpret=False), signature=dict(src.signature),
                                         constexprs=dict(src.constants), attrs=attrs)
@@ -70,7 +56,7 @@ def _variants(shape, inp):
         variants[f"ptxas, {label}"] = (ck.run, ck.function, ck.packed_metadata)
         variants[f"driver JIT, {label}"] = (ck.run, _driver_function(ck.asm["ptx"], ck.metadata.name),
                                             ck.packed_metadata)
-    return recorded[0], variants, keep
+    return args, variants, keep
 
 
 def main(argv=None) -> int:

@@ -189,3 +189,20 @@ def test_status_and_switch(monkeypatch):
     assert native.enabled()
     monkeypatch.setenv("FUSED_QKV_NATIVE", "0")
     assert not native.enabled()
+
+
+def test_bench_records_the_python_fast_path_launch(faked, monkeypatch):
+    """``bench.recorded_launch`` (used by host_profile and ptx_jit) records what the Python fast path hands Triton's
+    launcher, with the native launcher skipped: the checked call's arguments, this call's outputs."""
+    from fused_qkv.bench.bench import recorded_launch
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 123, raising=False)
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    args, kwargs = make_inputs(Case(T=4, gate="interleaved"))
+    entry, launched, out = recorded_launch(lambda: op(**args, **kwargs))
+    assert len(faked.checked) == 1 and not faked.compiled.python_launches  # the second call: Python fast path
+    assert launched[3:5] == (123, faked.compiled.function)
+    expect = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in faked.checked[0]]
+    assert list(launched[9:9 + 19]) == expect[:19]  # inputs and scalars
+    assert list(launched[9 + 19:9 + 23]) == [out.q.data_ptr(), out.gate.data_ptr(), out.k.data_ptr(),
+                                             out.v.data_ptr()]
