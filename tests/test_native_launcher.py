@@ -104,6 +104,7 @@ def test_native_path_passes_the_parameters_tritons_launcher_would(case, faked):
     assert len(faked.checked) == 1 and native.loaded().size() == 1
     out = op(**args, **kwargs)
     assert len(faked.checked) == 1 and not faked.compiled.python_launches, "the second call must be native"
+    assert type(out) is op_module.FusedQKVOutput  # built in C++ as the public result type
     grid0, block, shared, params = native.loaded().last_recorded()
     plan_grid = op_module._FAST[next(iter(op_module._FAST))].grid0
     assert (grid0, block, shared) == (plan_grid, 2 * 32, 96)
@@ -183,6 +184,36 @@ def test_caches_in_one_allocation_run_the_exact_overlap_check_once_per_pointer_d
     for _ in range(3):
         op(**swapped, **kwargs)
     assert len(faked.checked) == 2 and not faked.compiled.python_launches
+
+
+def test_result_type_must_be_a_plain_tuple_subclass():
+    module = native.load(warn=False)
+    with pytest.raises(TypeError, match="tuple subclass"):
+        module.set_result_type(list)
+    with pytest.raises(TypeError, match="tuple subclass"):
+        module.set_result_type(type("WithDict", (tuple,), {}))  # instances would need a __dict__
+
+
+_EXIT_SCRIPT = """
+import torch
+from fused_qkv.torch_api import native
+module = native.load(warn=False)
+cfg = tuple([float(n) for n in range(3)])  # owned by the entry alone once this script drops it
+module.add(cfg, (torch.ones(4),) + (None,) * 11, (0,) * 6, ((4,), None, None, None), 0, 0, 0, 0, ())
+del cfg
+assert module.size() == 1
+print("recorded")
+"""
+
+
+def test_a_process_with_recorded_signatures_exits_cleanly():
+    """Recorded entries own Python references; the interpreter must not be asked to release them after it has
+    finalised (that aborted every process that had used the native path)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "recorded"), proc.stderr[-2000:]
 
 
 def test_status_and_switch(monkeypatch):

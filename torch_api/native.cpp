@@ -55,8 +55,11 @@ struct Entry {
   ~Entry() { Py_XDECREF(cfg); }
 };
 
-std::vector<std::unique_ptr<Entry>> g_entries;
+// Never destroyed: an entry owns a Python reference, and C++ static destructors run after the interpreter has
+// finalised (releasing it then aborts the process). `clear` empties it while Python is alive.
+std::vector<std::unique_ptr<Entry>>& g_entries = *new std::vector<std::unique_ptr<Entry>>();
 long long g_generation = 0;  // counts clears: an (generation, index) handle from `add` names one entry
+PyTypeObject* g_result_type = nullptr;  // owned: the tuple subclass `call` returns (set_result_type), or a tuple
 
 // CPU entries exist only in tests: their launch is recorded here instead of run
 struct Recorded {
@@ -238,7 +241,10 @@ PyObject* native_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         g_recorded.params.assign(vals, vals + n);
       }
     }
-    PyObject* result = PyTuple_New(kOutputs);
+    // an instance of the result type (a 4-field tuple subclass: allocated as tuple.__new__ does, without the
+    // Python-level __new__ of a namedtuple), or a plain tuple
+    PyObject* result = g_result_type != nullptr ? g_result_type->tp_alloc(g_result_type, kOutputs)
+                                                : PyTuple_New(kOutputs);
     if (result == nullptr) return nullptr;
     for (int j = 0; j < kOutputs; ++j) {
       PyObject* o = wrap_or_none(entry->out_present[j] ? &out[j] : nullptr);
@@ -385,6 +391,19 @@ PyObject* native_clear(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// set_result_type(cls): `call` returns instances of cls, a subclass of tuple with no instance dictionary (a
+// NamedTuple of 4 fields), instead of plain tuples.
+PyObject* native_set_result_type(PyObject*, PyObject* cls) {
+  if (!PyType_Check(cls) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(cls), &PyTuple_Type) ||
+      reinterpret_cast<PyTypeObject*>(cls)->tp_dictoffset != 0) {
+    PyErr_SetString(PyExc_TypeError, "fused_qkv native set_result_type: expected a tuple subclass without __dict__");
+    return nullptr;
+  }
+  Py_INCREF(cls);
+  Py_XSETREF(g_result_type, reinterpret_cast<PyTypeObject*>(cls));
+  Py_RETURN_NONE;
+}
+
 PyObject* native_size(PyObject*, PyObject*) { return PyLong_FromSize_t(g_entries.size()); }
 
 // last_recorded() -> (grid0, block, shared, (param bits, ...)) of the last CPU (test) call, or None
@@ -403,6 +422,7 @@ PyMethodDef kMethods[] = {
     {"add", native_add, METH_VARARGS, "Record a validated call signature."},
     {"add_ok_pair", native_add_ok_pair, METH_VARARGS, "Accept a checked pointer difference of two meeting arrays."},
     {"clear", native_clear, METH_NOARGS, "Forget every recorded call signature."},
+    {"set_result_type", native_set_result_type, METH_O, "Return instances of this tuple subclass from call."},
     {"size", native_size, METH_NOARGS, "Number of recorded call signatures."},
     {"last_recorded", native_last_recorded, METH_NOARGS, "The last recorded CPU launch (tests)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -265,6 +265,7 @@ def _register_fast(key, plan, tensors, cfg, compiled, constexpr_values, spans):
         entry = _FAST[key] = _FastLaunch(plan, qkv.device, compiled, constexpr_values, spans)
         module = _native.load()
         if module is not None:
+            module.set_result_type(FusedQKVOutput)  # its calls return the public result type
             entry.native = _native_register(module, plan, tensors, cfg, compiled, constexpr_values, spans)
     # the byte ranges of these pairs meet, and the exact check (in _cached_plan) found no shared element: whether
     # two arrays share an element depends on their pointers' difference only, so that difference is now known good
@@ -527,7 +528,7 @@ def fused_qkv_split_qk_norm_rope_cache(
                            attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv), qkv, q_weight, k_weight,
                           cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale, v_scale)
         if out is not None:
-            return FusedQKVOutput(*out)
+            return out  # a FusedQKVOutput
     fast_key = None
     if layer is None and _plain_eager(qkv, key_cache, value_cache):
         # eager fast path: a call signature that was validated and launched before goes straight to the launcher
