@@ -118,6 +118,18 @@ def test_native_path_passes_the_parameters_tritons_launcher_would(case, faked):
         assert tuple(out.k.shape) == tuple(out.v.shape) == (T, KVH, D)
     again = op(**args, **kwargs)
     assert again.q.data_ptr() != out.q.data_ptr(), "each call returns new outputs"
+    # the outputs share one allocation: each contiguous, 256-byte aligned within it, none overlapping another
+    present = [o for o in out if o is not None]
+    spans = sorted((o.data_ptr(), o.data_ptr() + o.numel() * o.element_size()) for o in present)
+    assert all(o.is_contiguous() and (o.data_ptr() - out.q.data_ptr()) % 256 == 0 for o in present)
+    assert all(end <= start for (_, end), (start, _) in zip(spans[:-1], spans[1:], strict=True))
+    assert {o.untyped_storage().data_ptr() for o in present} == {out.q.untyped_storage().data_ptr()}
+    for i, o in enumerate(present):  # (the kernel did not run: fill them first)
+        o.fill_(i + 1.0)
+    for o in present:  # writing one output leaves the others as they were
+        before = [x.clone() for x in present]
+        o.fill_(-3.0)
+        assert all(torch.equal(x, b) for x, b in zip(present, before, strict=True) if x is not o)
 
 
 def test_native_path_sends_what_it_does_not_cover_to_the_checked_path(faked):
@@ -148,6 +160,39 @@ def test_native_path_sends_what_it_does_not_cover_to_the_checked_path(faked):
 
 class _Sub(torch.Tensor):
     pass
+
+
+class _SeenDispatch(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _SeenFunction(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", [_SeenDispatch, _SeenFunction])
+def test_calls_under_a_dispatch_or_function_mode_are_not_taken_natively(mode, faked):
+    """A mode observes every op: the call must reach it through the registered op, not launch from C++."""
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    args, kwargs = make_inputs(Case(T=4))
+    op(**args, **kwargs)
+    before = len(faked.checked) + len(faked.compiled.python_launches)
+    with mode() as seen:
+        op(**args, **kwargs)
+    assert any("split_qk_norm_rope_cache" in name for name in seen.ops), seen.ops
+    assert len(faked.checked) + len(faked.compiled.python_launches) > before
 
 
 def test_qkv_that_requires_grad_is_not_taken_natively(faked):

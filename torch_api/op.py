@@ -23,6 +23,10 @@ class FusedQKVOutput(NamedTuple):
     gate: ``[T, num_q_heads, head_dim]`` copy of the gate, or ``None`` without ``attn_output_gate``.
     k: ``[T, num_kv_heads, head_dim]`` normalised and rotated, before ``k_scale``; ``None`` if not ``return_kv``.
     v: ``[T, num_kv_heads, head_dim]`` copy of V, before ``v_scale``; ``None`` if not ``return_kv``.
+
+    Every output is contiguous. Eager CUDA calls taken by the native launcher place all outputs in one
+    allocation (each at a 256-byte aligned offset, none overlapping another); its memory returns to the
+    allocator when the last of them is freed.
     """
 
     q: torch.Tensor
@@ -520,10 +524,10 @@ def fused_qkv_split_qk_norm_rope_cache(
     """
     native = _native.loaded()
     if native is not None and layer is None and not torch.compiler.is_compiling() and \
-            not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled() and \
             not _hooked(knobs.runtime.launch_enter_hook) and not _hooked(knobs.runtime.launch_exit_hook):
-        # native eager path (native.cpp): a recorded call signature allocates and launches from C++; it checks the
-        # tensors (plain, metadata, device, alignment, overlaps) and returns None for anything it does not cover
+        # native eager path (native.cpp): a recorded call signature allocates and launches from C++; it checks for
+        # dispatch and torch-function modes and the tensors (plain, metadata, device, alignment, overlaps), and
+        # returns None for anything it does not cover
         out = native.call((num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
                            attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv), qkv, q_weight, k_weight,
                           cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale, v_scale)
