@@ -177,6 +177,19 @@ def copy_bandwidth_gbps() -> float:
     return best
 
 
+def same_bytes_copy_us(nbytes: int, reps: int, per_graph: int) -> float:
+    """GPU time of one device copy that reads and writes ``nbytes`` in all (``nbytes / 2`` each way), timed as the
+    fused op is (graph of ``per_graph`` back-to-back calls): what a single kernel moving that many bytes costs,
+    per-call gaps included."""
+    import torch
+
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    us = graph_time_us(lambda d=dst, s=src: d.copy_(s), reps, calls_per_graph=per_graph)
+    del src, dst
+    return us
+
+
 def triton_cdiv(a, b):
     return -(-a // b)
 
@@ -365,6 +378,8 @@ def run(shapes, tokens, out_dir, with_jax=True):
             if T == check_T:  # the timed calls computed the right thing
                 checks[sname] = verify(shape, inp, impls["fused_torch"](), jimpls.get("fused_jax"))
                 print(f"{sname} T={T}: worst error / allowed vs the float64 oracle: {checks[sname]}", flush=True)
+            if T > L2_TOKENS:
+                res["copy_same_bytes"] = same_bytes_copy_us(nbytes, reps, per_graph)
             res["floor"] = nbytes / (copy_bw * 1e9) * 1e6
             for name, us in res.items():
                 rows.append(dict(shape=sname, T=T, impl=name, us=us, bytes=nbytes,
@@ -466,6 +481,7 @@ def print_table(result):
     print("\nGPU time per call (us); fused GB/s and % of copy bandwidth; speed-up of fused_torch over baselines"
           " (fused_jax over unfused_jax); jax/torch: kernel time of the fused JAX op over the fused torch op's, both"
           " from the profiler; jax bound: unfused_jax / floor, the most any op could gain over the jax chain;"
+          " 1-copy %: one device copy of the same bytes, timed the same way, in % of copy bandwidth;"
           " * = T <= 1024: latency only (working set in L2)")
     kernel = result.get("kernel_us", {})
     kern = lambda s, T, i: kernel.get(f"{s}:{T}:{i}", float("nan"))  # noqa: E731
@@ -473,7 +489,8 @@ def print_table(result):
     for r in rows:
         by.setdefault((r["shape"], r["T"]), {})[r["impl"]] = r
     head = f"{'shape':<5} {'T':>6} " + " ".join(f"{i:>13}" for i in impls) + \
-        f" {'GB/s':>6} {'%copy':>6} {'x eager':>8} {'x compile':>9} {'jax x':>6} {'jax/torch':>9}"
+        f" {'GB/s':>6} {'%copy':>6} {'x eager':>8} {'x compile':>9} {'jax x':>6} {'jax bound':>9}" \
+        f" {'jax/torch':>9} {'1-copy %':>8}"
     print(head)
     for (s, T), d in by.items():
         get = lambda k, d=d: d[k]["us"] if k in d else float("nan")  # noqa: E731
@@ -482,7 +499,8 @@ def print_table(result):
               f" {f['gbps']:>6.0f} {f['pct_copy']:>5.1f}{'*' if f['latency_only'] else ' '}"
               f" {get('unfused_eager') / get('fused_torch'):>8.2f} {get('compiled_math') / get('fused_torch'):>9.2f}"
               f" {get('unfused_jax') / get('fused_jax'):>6.2f} {get('unfused_jax') / get('floor'):>9.2f}"
-              f" {kern(s, T, 'fused_jax') / kern(s, T, 'fused_torch'):>9.2f}")
+              f" {kern(s, T, 'fused_jax') / kern(s, T, 'fused_torch'):>9.2f}"
+              f" {d['copy_same_bytes']['pct_copy'] if 'copy_same_bytes' in d else float('nan'):>8.1f}")
     print(f"torch eager launcher: native {result.get('native_launcher', 'not recorded')}")
     print("host overhead per eager call at T=16, in aten ops:",
           ", ".join(f"{k} {v:.2f}" for k, v in result["host_overhead_ratio"].items()))
@@ -501,6 +519,9 @@ def plot(result, path):
             pts = [(r["T"], r["gbps"]) for r in result["rows"] if r["shape"] == s and r["impl"] == impl]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
+        pts = [(r["T"], r["gbps"]) for r in result["rows"] if r["shape"] == s and r["impl"] == "copy_same_bytes"]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), color="k", ls=":", marker=".", label="one copy of the same bytes")
         ax.axhline(result["copy_bandwidth_gbps"], color="k", ls="--", label="copy bandwidth")
         ax.axvspan(1, L2_TOKENS, color="0.9", label="T <= 1024: in L2 (latency)")
         ax.set_xscale("log", base=2)

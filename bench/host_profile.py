@@ -11,17 +11,27 @@ import sys
 from .bench import SHAPES, host_overhead, python_launcher_only, recorded_launch, torch_impls, torch_inputs
 
 
-def _parts(fn, reps):
-    """Host time per call in microseconds: (native path or None, Python fast path, outputs only, Triton's launcher
-    only, number of outputs), for the fast-path entry of ``fn``."""
+def _parts(fn, inp, reps):
+    """Host time per call in microseconds: (native path or None, the native module's call alone or None, Python
+    fast path, outputs only, Triton's launcher only, number of outputs), for the fast-path entry of ``fn``, one
+    eager call of the op on the bench inputs ``inp``."""
     import torch
     from fused_qkv.torch_api import op as top
 
     top.clear_caches()
     fn()
     fn()
-    (entry,) = top._FAST.values()
+    ((key, entry),) = top._FAST.items()
     ours = host_overhead(fn, reps=reps) if entry.native is not None else None
+    call_only = None
+    if entry.native is not None:  # the C++ part alone: what the public function adds is Python
+        cfg = key[12:23]  # the configuration values, as the public function passes them to the native module
+        tensors = [inp[k] for k in ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache",
+                                    "value_cache", "slot_mapping")] + [None, inp["k_scale"], inp["v_scale"]]
+        module = entry.native[0]
+        if module.call(cfg, *tensors) is None:
+            raise RuntimeError("the native module did not take the recorded call")
+        call_only = host_overhead(lambda: module.call(cfg, *tensors), reps=reps)
     with python_launcher_only():
         python_path = host_overhead(fn, reps=reps)
     # Triton's launcher with the exact arguments of one Python fast-path call (whose outputs stay alive)
@@ -34,7 +44,7 @@ def _parts(fn, reps):
 
     allocs = host_overhead(alloc, reps=reps)
     launch = host_overhead(lambda: entry.run(*args), reps=reps)
-    return ours, python_path, allocs, launch, len(shapes)
+    return ours, call_only, python_path, allocs, launch, len(shapes)
 
 
 def main() -> int:
@@ -46,10 +56,13 @@ def main() -> int:
 
     print(f"one aten op (torch.add(x, 1.0, out=y)): {aten:.1f} us")
     for name in ("S1", "S2", "S4"):
-        fn = torch_impls(SHAPES[name], torch_inputs(SHAPES[name], 16))["fused_torch"]
-        ours, python_path, allocs, launch, n = _parts(fn, 2000)
+        inp = torch_inputs(SHAPES[name], 16)
+        fn = torch_impls(SHAPES[name], inp)["fused_torch"]
+        ours, call_only, python_path, allocs, launch, n = _parts(fn, inp, 2000)
         rest = python_path - allocs - launch
-        native_txt = "unavailable" if ours is None else f"{ours:.1f} us = {ours / aten:.2f} aten ops"
+        native_txt = "unavailable" if ours is None else (
+            f"{ours:.1f} us = {ours / aten:.2f} aten ops (its C++ call alone {call_only:.1f} us = "
+            f"{call_only / aten:.2f})")
         print(f"{name} T=16 per eager call: native launcher {native_txt}; Python fast path {python_path:.1f} us = "
               f"{python_path / aten:.2f} aten ops, of which {n} x torch.empty {allocs:.1f} us = {allocs / aten:.2f}, "
               f"Triton's launcher alone {launch:.1f} us = {launch / aten:.2f}, the rest (Python) {rest:.1f} us = "

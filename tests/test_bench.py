@@ -20,3 +20,30 @@ def test_min_bytes_counts_each_input_and_output_once():
     assert min_bytes(s1, T) == qkv + tables + idx + q + kv_out + cache
     assert min_bytes(SHAPES["S4"], T) == min_bytes(s1, T) - kv_out  # return_kv=False: no k/v outputs
     assert min_bytes(SHAPES["S3"], T) == min_bytes(s1, T) - cache // 2  # fp8 cache: one byte per element
+
+
+def test_table_has_a_value_under_every_heading(capsys, tmp_path):
+    """The printed table and the plot from a result as ``run`` writes it (rows with and without the same-bytes copy,
+    which is timed only above the L2 sizes)."""
+    from fused_qkv.bench.bench import plot, print_table
+
+    rows = []
+    for T, impls in ((16, ("fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax", "floor")),
+                     (4096, ("fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax",
+                             "copy_same_bytes", "floor"))):
+        for n, impl in enumerate(impls):
+            us = 10.0 + n
+            rows.append(dict(shape="S1", T=T, impl=impl, us=us, bytes=1000, gbps=1000 / us, pct_copy=30.0 / us,
+                             latency_only=T <= 1024))
+    result = dict(device="test", copy_bandwidth_gbps=3000.0, host_overhead_ratio={"S1:fused_torch": 1.5},
+                  kernel_us={"S1:16:fused_torch": 1.0, "S1:16:fused_jax": 1.1}, rows=rows)
+    print_table(result)
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("shape"))
+    table = lines[head:head + 3]
+    # right-aligned columns: a heading missing or extra would make the heading line shorter or longer
+    assert len(table[0]) == len(table[1]) == len(table[2]), table
+    assert table[2].split()[-1] == f"{30.0 / 15.0:.1f}"  # 1-copy %: the same-bytes copy's row
+    assert table[1].split()[-1] == "nan"
+    plot(result, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 0
