@@ -42,7 +42,8 @@ if [ "$mode" = compare ]; then
   PYTHONPATH=/tmp/oldsite:$PYTHONPATH python3 -m fused_qkv.bench.compare_versions --out "$OUT/compare_old.json" \
     2>&1 | tee "$OUT/compare_old.log" || rc=1
   python3 -m fused_qkv.bench.compare_versions --out "$OUT/compare_new.json" 2>&1 | tee "$OUT/compare_new.log" || rc=1
-  python3 -m fused_qkv.bench.host_profile 2>&1 | tee "$OUT/host_profile.log" | head -8 || rc=1
+  python3 -m fused_qkv.bench.host_profile >"$OUT/host_profile.log" 2>&1 || rc=1
+  head -8 "$OUT/host_profile.log"
   if [ $# -gt 0 ]; then
     FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider "$@" -rf 2>&1 \
       | tee "$OUT/pytest_cuda_focused.log" | tail -15 || rc=1
@@ -59,7 +60,8 @@ print(f'native launcher: {native.status()} (load/build {time.perf_counter() - t:
   FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fast_path.py \
     tests/test_native_launcher.py tests/test_launch_cache.py "$@" -rf 2>&1 | tee "$OUT/pytest_native.log" | tail -15 \
     || rc=1
-  python3 -m fused_qkv.bench.host_profile 2>&1 | tee "$OUT/host_profile.log" | head -8 || rc=1
+  python3 -m fused_qkv.bench.host_profile >"$OUT/host_profile.log" 2>&1 || rc=1
+  head -8 "$OUT/host_profile.log"
   exit $rc
 fi
 if [ "$mode" = sanitize ]; then

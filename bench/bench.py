@@ -475,6 +475,45 @@ def sweep(shapes, tokens, out_dir):
         json.dump(found, f, indent=1)
 
 
+def sweep_stream(shapes, tokens, out_dir):
+    """Time the fused torch op with the kernel's evict-first hints forced off and on (``spec.streams``), in
+    alternating rounds, to check the threshold ``spec.STREAM_MIN_BYTES`` against data."""
+    import torch
+    from fused_qkv.core import spec
+    from fused_qkv.torch_api import op as top
+
+    os.makedirs(out_dir, exist_ok=True)
+    found = []
+    for sname in shapes:
+        shape = SHAPES[sname]
+        for T in tokens:
+            inp = torch_inputs(shape, T)
+            fn = torch_impls(shape, inp)["fused_torch"]
+            nbytes = min_bytes(shape, T)
+            reps = 200 if T <= L2_TOKENS else 40
+            per_graph = calls_per_graph(T, nbytes / 3000e9 * 1e6)
+            times = {False: [], True: []}
+            try:
+                for _ in range(3):
+                    for stream in (False, True):
+                        spec.STREAM_OVERRIDE = stream
+                        top.clear_caches()
+                        times[stream].append(graph_time_us(fn, reps, per_graph))
+            finally:
+                spec.STREAM_OVERRIDE = None
+                top.clear_caches()
+            off, on = (float(np.median(times[k])) for k in (False, True))
+            qkv_bytes = inp["qkv"].numel() * inp["qkv"].element_size()
+            default = spec.streams(T, qkv_bytes // max(T, 1), "cuda")
+            print(f"{sname} T={T}: hints off {off:.2f} us, on {on:.2f} us (on/off {on / off:.3f}); the default for "
+                  f"this size: {'on' if default else 'off'}", flush=True)
+            found.append(dict(shape=sname, T=T, off_us=times[False], on_us=times[True], default_on=default))
+            del inp
+            torch.cuda.empty_cache()
+    with open(os.path.join(out_dir, "sweep_stream.json"), "w") as f:
+        json.dump(found, f, indent=1)
+
+
 def print_table(result):
     rows = result["rows"]
     impls = ["fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax", "floor"]
@@ -562,6 +601,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--sweep", action="store_true",
                         help="time the fused torch op over tile choices instead (writes sweep.json)")
+    parser.add_argument("--sweep-stream", action="store_true",
+                        help="time the fused torch op with its evict-first hints off and on instead "
+                             "(writes sweep_stream.json)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -574,6 +616,9 @@ def main(argv=None) -> int:
     tokens = [int(t) for t in args.tokens.split(",")]
     if args.sweep:
         sweep(args.shapes.split(","), tokens, args.out)
+        return 0
+    if args.sweep_stream:
+        sweep_stream(args.shapes.split(","), tokens, args.out)
         return 0
     run(args.shapes.split(","), tokens, args.out, with_jax=not args.no_jax)
     return 0

@@ -93,15 +93,33 @@ def _fp8_bits(r, MBITS: tl.constexpr, EMIN: tl.constexpr):
 
 
 @triton.jit
+def _load_once(ptr, mask, STREAM: tl.constexpr):
+    """Load qkv data this kernel reads once; STREAM: evict-first in L2 (see ``spec.streams``)."""
+    if STREAM:
+        return tl.load(ptr, mask=mask, other=0.0, eviction_policy="evict_first")
+    else:
+        return tl.load(ptr, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_once(ptr, x, mask, STREAM: tl.constexpr):
+    """Store an output or cache value; STREAM: evict-first in L2 (see ``spec.streams``)."""
+    if STREAM:
+        tl.store(ptr, x, mask=mask, eviction_policy="evict_first")
+    else:
+        tl.store(ptr, x, mask=mask)
+
+
+@triton.jit
 def _store_converted(ptr, x, mask, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr, HW_CAST: tl.constexpr):
+                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr, HW_CAST: tl.constexpr, STREAM: tl.constexpr):
     """Store fp32 ``x`` as ``OUT_DTYPE``. SOFT_FP8: encode fp8 bits in integer arithmetic (used only under
     Triton's interpreter, which has no float8_e4m3fnuz type); otherwise the target's own exact cast."""
     if SOFT_FP8:
         bits = _fp8_bits(_round_fp8(x, MBITS, EMIN, MAXV), MBITS, EMIN)
         tl.store(ptr.to(tl.pointer_type(tl.uint8), bitcast=True), bits, mask=mask)
     else:
-        tl.store(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV, HW_CAST), mask=mask)
+        _store_once(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV, HW_CAST), mask, STREAM)
 
 
 @triton.jit
@@ -128,12 +146,13 @@ def _store_head(
     a_offs, b_offs, p_offs, half_mask, pass_mask,
     HAS_PASS: tl.constexpr,
     OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr, SOFT_FP8: tl.constexpr,
-    HW_CAST: tl.constexpr,
+    HW_CAST: tl.constexpr, STREAM: tl.constexpr,
 ):
-    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST)
-    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST)
+    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, STREAM)
+    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, STREAM)
     if HAS_PASS:
-        _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST)
+        _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST,
+                         STREAM)
 
 
 @triton.jit
@@ -162,14 +181,14 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
                     HEAD_DIM: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
                     OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
                     SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_PASS: tl.constexpr):
+                    BLOCK_PASS: tl.constexpr, STREAM: tl.constexpr):
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
     channel groups once, RMSNorm (if HAS_NORM), rotate. Returns fp32 (A, B, P) after RoPE."""
     ld_half = row_mask & half_mask
-    a = tl.load(src + a_offs, mask=ld_half, other=0.0)
-    b = tl.load(src + b_offs, mask=ld_half, other=0.0)
+    a = _load_once(src + a_offs, ld_half, STREAM)
+    b = _load_once(src + b_offs, ld_half, STREAM)
     if HAS_PASS:
-        p = tl.load(src + p_offs, mask=row_mask & pass_mask, other=0.0).to(tl.float32)
+        p = _load_once(src + p_offs, row_mask & pass_mask, STREAM).to(tl.float32)
     else:
         p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
     # rotary table rows: clamp(position + offset, 0, rows - 1)
@@ -233,6 +252,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     HAS_PASS: tl.constexpr,
     HW_CAST: tl.constexpr,  # compiled code: the target's casts round to nearest-even (see _to_storage)
     TOKENS_MULT16: tl.constexpr, SLOTS_MULT16: tl.constexpr,  # num_tokens / num_slot_entries % 16 == 0
+    STREAM: tl.constexpr,  # large calls: evict-first hints on the data touched once (spec.streams)
 ):
     if K_SOFT_FP8:
         key_cache_ptr = key_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
@@ -278,10 +298,10 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                 i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
                 POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
-                BLOCK_T, BLOCK_PASS)
+                BLOCK_T, BLOCK_PASS, STREAM)
             q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
             _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                        HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST)
+                        HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, STREAM)
         else:
             kh = head - NUM_Q_HEADS
             slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
@@ -294,11 +314,11 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                 i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
                 POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
-                BLOCK_T, BLOCK_PASS)
+                BLOCK_T, BLOCK_PASS, STREAM)
             if RETURN_KV:
                 k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
                 _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                            HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST)
+                            HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, STREAM)
             cache_off = slot_base + kh * KC_HEAD_STRIDE
             if K_SCALE_MODE != 0:
                 a_rot = a_rot / ks
@@ -306,14 +326,14 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 p = p / ks
             _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
                         a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
-                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST)
+                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, STREAM)
     elif head < V_END:
         # ---------------- V head: copy + cache write ----------------
         vh = head - K_END
-        x = tl.load(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], mask=row_mask & d_mask)  # V head
+        x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, STREAM)  # V head
         if RETURN_KV:
             v_dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
-            tl.store(v_dst + d[None, :], x, mask=row_mask & d_mask)
+            _store_once(v_dst + d[None, :], x, row_mask & d_mask, STREAM)
         slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
                                          num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
                                          VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
@@ -321,17 +341,17 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         cache_dtype = value_cache_ptr.dtype.element_ty
         vc_dst = value_cache_ptr + cache_off[:, None] + d[None, :]
         if V_SCALE_MODE == 0 and V_MBITS == 0:
-            tl.store(vc_dst, x.to(cache_dtype), mask=slot_ok[:, None] & d_mask)  # same dtype: an exact copy
+            _store_once(vc_dst, x.to(cache_dtype), slot_ok[:, None] & d_mask, STREAM)  # same dtype: exact copy
         else:
             xf = x.to(tl.float32)
             if V_SCALE_MODE != 0:
                 xf = xf / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,
-                             V_SOFT_FP8, HW_CAST)
+                             V_SOFT_FP8, HW_CAST, STREAM)
     else:
         if HAS_GATE:
             # ---------------- gate head: plain copy ----------------
             g = head - V_END
-            gx = tl.load(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], mask=row_mask & d_mask)
+            gx = _load_once(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], row_mask & d_mask, STREAM)
             g_dst = gate_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + g * HEAD_DIM)[:, None]
-            tl.store(g_dst + d[None, :], gx, mask=row_mask & d_mask)
+            _store_once(g_dst + d[None, :], gx, row_mask & d_mask, STREAM)

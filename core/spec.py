@@ -407,6 +407,7 @@ def plan_launch(
         BLOCK_SIZE=block_size, BLOCK_T=block_t, BLOCK_HALF=block_half, BLOCK_PASS=block_pass, BLOCK_D=block_d,
         HAS_PASS=has_pass, HW_CAST=target != "interpreter",
         TOKENS_MULT16=T % 16 == 0, SLOTS_MULT16=slot_mapping.shape[0] % 16 == 0,
+        STREAM=streams(T, qkv.shape[1] * ITEMSIZE[in_dtype], target),
     )
     scalars = dict(
         num_tokens=T, num_slot_entries=slot_mapping.shape[0], num_cache_slots=num_blocks * block_size,
@@ -448,6 +449,26 @@ def check_layer(cache_shape, layer) -> None:
     elif layer is not None:
         raise ValueError("layer is only valid when the caches have a leading layer axis [L, ...] (5-D caches), "
                          f"got cache shape {tuple(cache_shape)}")
+
+
+STREAM_MIN_BYTES = 32 << 20
+
+
+def streams(num_tokens: int, qkv_row_bytes: int, target: str) -> bool:
+    """Whether the kernel marks the data it touches once (qkv loads, every store) evict-first in the GPU's L2.
+
+    When the qkv input alone is at least ``STREAM_MIN_BYTES`` (32 MiB: S1 from T = 2731), the call's traffic
+    passes through L2 to memory anyway; evict-first keeps the rotary table rows, which every head of a token
+    reuses, resident. Measured on the H100 at T = 4096 (bench/NOTES.md, version 5): 1.8-1.9 % less time on S1,
+    S3 and S4; either hint alone made it slower. Below the threshold the outputs may still be in L2 for the
+    kernel that reads them next, so nothing is marked. Never under the interpreter.
+    """
+    if target != "interpreter" and STREAM_OVERRIDE is not None:  # bench --sweep-stream only
+        return STREAM_OVERRIDE
+    return target != "interpreter" and num_tokens * qkv_row_bytes >= STREAM_MIN_BYTES
+
+
+STREAM_OVERRIDE = None  # True/False forced on GPU targets by `fused-qkv bench --sweep-stream`; never set otherwise
 
 
 TILE_OVERRIDE = None  # (BLOCK_T, num_warps) forced on GPU targets by `fused-qkv bench --sweep`; never set otherwise
