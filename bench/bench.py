@@ -477,7 +477,7 @@ def sweep(shapes, tokens, out_dir):
 
 def sweep_stream(shapes, tokens, out_dir):
     """Time the fused torch op with the kernel's evict-first hints forced off and on (``spec.streams``), in
-    alternating rounds, to check the threshold ``spec.STREAM_MIN_BYTES`` against data."""
+    alternating rounds, to check the window ``spec.STREAM_MIN_BYTES`` .. ``STREAM_MAX_BYTES`` against data."""
     import torch
     from fused_qkv.core import spec
     from fused_qkv.torch_api import op as top

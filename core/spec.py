@@ -451,21 +451,23 @@ def check_layer(cache_shape, layer) -> None:
                          f"got cache shape {tuple(cache_shape)}")
 
 
-STREAM_MIN_BYTES = 32 << 20
+STREAM_MIN_BYTES = 16 << 20
+STREAM_MAX_BYTES = 128 << 20
 
 
 def streams(num_tokens: int, qkv_row_bytes: int, target: str) -> bool:
     """Whether the kernel marks the data it touches once (qkv loads, every store) evict-first in the GPU's L2.
 
-    When the qkv input alone is at least ``STREAM_MIN_BYTES`` (32 MiB: S1 from T = 2731), the call's traffic
-    passes through L2 to memory anyway; evict-first keeps the rotary table rows, which every head of a token
-    reuses, resident. Measured on the H100 at T = 4096 (bench/NOTES.md, version 5): 1.8-1.9 % less time on S1,
-    S3 and S4; either hint alone made it slower. Below the threshold the outputs may still be in L2 for the
-    kernel that reads them next, so nothing is marked. Never under the interpreter.
+    On when the qkv input is at least ``STREAM_MIN_BYTES`` (16 MiB) and below ``STREAM_MAX_BYTES`` (128 MiB);
+    for S1 (12 KiB of qkv per token) that is 1366 <= T < 10923. The rule comes from ``fused-qkv bench
+    --sweep-stream`` on the H100 (bench/NOTES.md, version 5): the hints took 2-7 % off at T = 2048 and 4096 on
+    every shape, but added 1.0-1.8 % at T >= 16384 on S1, S3 and S4. Below the window (T = 1024 gained 1-3 %, a
+    latency-bound size whose outputs fit in L2) nothing is marked, so the outputs stay in L2 for the kernel that
+    reads them next. Never under the interpreter.
     """
     if target != "interpreter" and STREAM_OVERRIDE is not None:  # bench --sweep-stream only
         return STREAM_OVERRIDE
-    return target != "interpreter" and num_tokens * qkv_row_bytes >= STREAM_MIN_BYTES
+    return target != "interpreter" and STREAM_MIN_BYTES <= num_tokens * qkv_row_bytes < STREAM_MAX_BYTES
 
 
 STREAM_OVERRIDE = None  # True/False forced on GPU targets by `fused-qkv bench --sweep-stream`; never set otherwise

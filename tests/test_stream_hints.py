@@ -24,9 +24,10 @@ CASES = [  # every load and store the hints touch: gate copy, pass-through chann
 
 def test_the_rule_is_the_size_of_the_qkv_input():
     row = (32 + 2 * 8) * 128 * 2  # S1: 12288 bytes per token
-    assert not spec.streams(2730, row, "cuda") and spec.streams(2731, row, "cuda")  # 32 MiB of qkv
+    assert not spec.streams(1365, row, "cuda") and spec.streams(1366, row, "cuda")  # 16 MiB of qkv
+    assert spec.streams(10922, row, "cuda") and not spec.streams(10923, row, "cuda")  # below 128 MiB
     assert spec.streams(4096, row, "hip:gfx942")
-    assert not spec.streams(1 << 20, row, "interpreter")
+    assert not spec.streams(4096, row, "interpreter")
 
 
 def test_the_plan_applies_the_rule(monkeypatch):
