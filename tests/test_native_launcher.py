@@ -162,24 +162,22 @@ class _Sub(torch.Tensor):
     pass
 
 
-class _SeenDispatch(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
+def _seeing(mode_base, hook):
+    """A mode class (``mode_base``) that records the name of every op its ``hook`` method sees, then runs it."""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def see(self, func, types, args=(), kwargs=None):
         self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
 
-
-class _SeenFunction(torch.overrides.TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
+    def init(self):
+        mode_base.__init__(self)
         self.ops = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
+    return type(f"Seen{mode_base.__name__}", (mode_base,), {"__init__": init, hook: see})
+
+
+_SeenDispatch = _seeing(torch.utils._python_dispatch.TorchDispatchMode, "__torch_dispatch__")
+_SeenFunction = _seeing(torch.overrides.TorchFunctionMode, "__torch_function__")
 
 
 @pytest.mark.parametrize("mode", [_SeenDispatch, _SeenFunction])
