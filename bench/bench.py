@@ -255,11 +255,11 @@ def host_ratio(fn, aten_fn, rounds: int = 5, reps: int = 400) -> tuple:
 def torch_impls(shape, inp):
     import torch
     from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+    from fused_qkv.torch_api.op import TENSOR_ARGS
     from fused_qkv.torch_api.reference import prologue_math, unfused, write_cache
 
     cfg = _cfg(shape)
-    args = [inp[k] for k in ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache",
-                             "slot_mapping")]
+    args = [inp[k] for k in TENSOR_ARGS[:9]]
     fused = lambda: op(*args, **cfg, k_scale=inp["k_scale"], v_scale=inp["v_scale"],  # noqa: E731
                        return_kv=shape["return_kv"])
     eager = lambda: unfused(*args, k_scale=inp["k_scale"], v_scale=inp["v_scale"], **cfg)  # noqa: E731
@@ -435,23 +435,42 @@ def verify(shape, inp, out, jax_call=None) -> dict:
     return scores
 
 
-def sweep(shapes, tokens, out_dir):
-    """Time the fused torch op over (BLOCK_T, num_warps) choices, to set ``spec.choose_tiles`` from data."""
+def _sweep_cases(shapes, tokens, out_dir, filename, reps_large, measure):
+    """Run ``measure(sname, shape, T, inp, fn, reps, per_graph, nbytes)`` (a JSON-able record) on the bench inputs
+    of every shape and size, with the fused torch op as ``fn`` timed as the bench times it; the plan caches are
+    cleared after each size (whatever override ``measure`` set is undone there); writes ``filename``."""
     import torch
-    from fused_qkv.core import spec
     from fused_qkv.torch_api import op as top
 
     os.makedirs(out_dir, exist_ok=True)
     found = []
     for sname in shapes:
         shape = SHAPES[sname]
-        block_d = spec.next_pow2(shape["head_dim"])
         for T in tokens:
             inp = torch_inputs(shape, T)
             fn = torch_impls(shape, inp)["fused_torch"]
-            reps = 200 if T <= 1024 else 20
-            per_graph = calls_per_graph(T, min_bytes(shape, T) / 3000e9 * 1e6)  # as the bench times the op
-            timings = []
+            nbytes = min_bytes(shape, T)
+            reps = 200 if T <= L2_TOKENS else reps_large
+            per_graph = calls_per_graph(T, nbytes / 3000e9 * 1e6)  # as the bench times the op
+            try:
+                found.append(measure(sname, shape, T, inp, fn, reps, per_graph, nbytes))
+            finally:
+                top.clear_caches()
+            del inp
+            torch.cuda.empty_cache()
+    with open(os.path.join(out_dir, filename), "w") as f:
+        json.dump(found, f, indent=1)
+
+
+def sweep(shapes, tokens, out_dir):
+    """Time the fused torch op over (BLOCK_T, num_warps) choices, to set ``spec.choose_tiles`` from data."""
+    from fused_qkv.core import spec
+    from fused_qkv.torch_api import op as top
+
+    def measure(sname, shape, T, inp, fn, reps, per_graph, nbytes):
+        block_d = spec.next_pow2(shape["head_dim"])
+        timings = []
+        try:
             for bt in (1, 2, 4, 8, 16, 32, 64):
                 for warps in (1, 2, 4, 8):
                     if bt > max(T, 1) * 2 or bt * block_d > 16384 or bt * block_d < warps * 32:
@@ -459,59 +478,44 @@ def sweep(shapes, tokens, out_dir):
                     spec.TILE_OVERRIDE = (bt, warps)
                     top.clear_caches()
                     timings.append((graph_time_us(fn, reps, per_graph), bt, warps))
+        finally:
             spec.TILE_OVERRIDE = None
-            top.clear_caches()
-            default = graph_time_us(fn, reps, per_graph)
-            timings.sort()
-            nbytes = min_bytes(shape, T)
-            print(f"{sname} T={T}: default {default:.1f} us; best " + ", ".join(
-                f"BLOCK_T={bt} warps={w}: {us:.1f} us ({100 * nbytes / (us * 1e-6) / 1e9 / 3000:.0f}% of 3 TB/s)"
-                for us, bt, w in timings[:4]), flush=True)
-            found.append(dict(shape=sname, T=T, default_us=default,
-                              timings=[dict(us=us, block_t=bt, num_warps=w) for us, bt, w in timings]))
-            del inp
-            torch.cuda.empty_cache()
-    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
-        json.dump(found, f, indent=1)
+        top.clear_caches()
+        default = graph_time_us(fn, reps, per_graph)
+        timings.sort()
+        print(f"{sname} T={T}: default {default:.1f} us; best " + ", ".join(
+            f"BLOCK_T={bt} warps={w}: {us:.1f} us ({100 * nbytes / (us * 1e-6) / 1e9 / 3000:.0f}% of 3 TB/s)"
+            for us, bt, w in timings[:4]), flush=True)
+        return dict(shape=sname, T=T, default_us=default,
+                    timings=[dict(us=us, block_t=bt, num_warps=w) for us, bt, w in timings])
+
+    _sweep_cases(shapes, tokens, out_dir, "sweep.json", 20, measure)
 
 
 def sweep_stream(shapes, tokens, out_dir):
     """Time the fused torch op with the kernel's evict-first hints forced off and on (``spec.streams``), in
     alternating rounds, to check the window ``spec.STREAM_MIN_BYTES`` .. ``STREAM_MAX_BYTES`` against data."""
-    import torch
     from fused_qkv.core import spec
     from fused_qkv.torch_api import op as top
 
-    os.makedirs(out_dir, exist_ok=True)
-    found = []
-    for sname in shapes:
-        shape = SHAPES[sname]
-        for T in tokens:
-            inp = torch_inputs(shape, T)
-            fn = torch_impls(shape, inp)["fused_torch"]
-            nbytes = min_bytes(shape, T)
-            reps = 200 if T <= L2_TOKENS else 40
-            per_graph = calls_per_graph(T, nbytes / 3000e9 * 1e6)
-            times = {False: [], True: []}
-            try:
-                for _ in range(3):
-                    for stream in (False, True):
-                        spec.STREAM_OVERRIDE = stream
-                        top.clear_caches()
-                        times[stream].append(graph_time_us(fn, reps, per_graph))
-            finally:
-                spec.STREAM_OVERRIDE = None
-                top.clear_caches()
-            off, on = (float(np.median(times[k])) for k in (False, True))
-            qkv_bytes = inp["qkv"].numel() * inp["qkv"].element_size()
-            default = spec.streams(T, qkv_bytes // max(T, 1), "cuda")
-            print(f"{sname} T={T}: hints off {off:.2f} us, on {on:.2f} us (on/off {on / off:.3f}); the default for "
-                  f"this size: {'on' if default else 'off'}", flush=True)
-            found.append(dict(shape=sname, T=T, off_us=times[False], on_us=times[True], default_on=default))
-            del inp
-            torch.cuda.empty_cache()
-    with open(os.path.join(out_dir, "sweep_stream.json"), "w") as f:
-        json.dump(found, f, indent=1)
+    def measure(sname, shape, T, inp, fn, reps, per_graph, nbytes):
+        times = {False: [], True: []}
+        try:
+            for _ in range(3):
+                for stream in (False, True):
+                    spec.STREAM_OVERRIDE = stream
+                    top.clear_caches()
+                    times[stream].append(graph_time_us(fn, reps, per_graph))
+        finally:
+            spec.STREAM_OVERRIDE = None
+        off, on = (float(np.median(times[k])) for k in (False, True))
+        qkv_bytes = inp["qkv"].numel() * inp["qkv"].element_size()
+        default = spec.streams(T, qkv_bytes // max(T, 1), "cuda")
+        print(f"{sname} T={T}: hints off {off:.2f} us, on {on:.2f} us (on/off {on / off:.3f}); the default for "
+              f"this size: {'on' if default else 'off'}", flush=True)
+        return dict(shape=sname, T=T, off_us=times[False], on_us=times[True], default_on=default)
+
+    _sweep_cases(shapes, tokens, out_dir, "sweep_stream.json", 40, measure)
 
 
 def print_table(result):

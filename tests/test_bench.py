@@ -47,3 +47,34 @@ def test_table_has_a_value_under_every_heading(capsys, tmp_path):
     assert table[1].split()[-1] == "nan"
     plot(result, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_sweeps_record_every_case_and_leave_no_override(monkeypatch, tmp_path):
+    """``--sweep`` and ``--sweep-stream`` with the timing faked (no GPU): one record per shape and size, the
+    overrides they force seen by the timed calls, and cleared afterwards."""
+    import json
+
+    import torch
+    from fused_qkv.bench import bench
+    from fused_qkv.core import spec
+
+    seen = []
+
+    def fake_time(fn, reps, per_graph):
+        seen.append((spec.TILE_OVERRIDE, spec.STREAM_OVERRIDE))
+        return 10.0 + len(seen)
+
+    monkeypatch.setattr(bench, "torch_inputs", lambda shape, T: {"qkv": torch.ones(T, 8, dtype=torch.bfloat16)})
+    monkeypatch.setattr(bench, "torch_impls", lambda shape, inp: {"fused_torch": None})
+    monkeypatch.setattr(bench, "graph_time_us", fake_time)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    bench.sweep_stream(["S1", "S2"], [16, 4096], tmp_path)
+    records = json.loads((tmp_path / "sweep_stream.json").read_text())
+    assert [(r["shape"], r["T"], len(r["off_us"]), len(r["on_us"])) for r in records] == \
+        [("S1", 16, 3, 3), ("S1", 4096, 3, 3), ("S2", 16, 3, 3), ("S2", 4096, 3, 3)]
+    assert {s for _, s in seen} == {False, True} and spec.STREAM_OVERRIDE is None
+    seen.clear()
+    bench.sweep(["S1"], [16], tmp_path)
+    (record,) = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(record["timings"]) == len(seen) - 1 and seen[-1] == (None, None)  # the last: the default tiles
+    assert all(tile is not None for tile, _ in seen[:-1]) and spec.TILE_OVERRIDE is None

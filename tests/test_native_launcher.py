@@ -201,8 +201,7 @@ def test_qkv_that_requires_grad_is_not_taken_natively(faked):
     op(**args, **kwargs)
     module = native.loaded()
     cfg = next(iter(op_module._FAST))[12:23]  # the configuration values, as the public function passes them
-    tensors = [args[n] for n in ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache",
-                                 "value_cache", "slot_mapping")] + [None, None, None]
+    tensors = [args.get(n) for n in op_module.TENSOR_ARGS]  # this case has no offsets or scales: None
     assert module.call(cfg, *tensors) is not None
     tensors[0] = args["qkv"].clone().requires_grad_(True)
     assert module.call(cfg, *tensors) is None

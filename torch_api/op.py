@@ -14,6 +14,10 @@ from triton.knobs import HookChain
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
 _REQUIRED = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
+# the tensor arguments in the order of the public function (the first 9 positional), of the native module's `call`
+# and of the fast paths
+TENSOR_ARGS = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping",
+               "offsets", "k_scale", "v_scale")
 
 
 class FusedQKVOutput(NamedTuple):
@@ -63,11 +67,9 @@ def _plan(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, 
           num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
           gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr, target=None):
     """The launch plan for these tensors (``target`` overrides the one of qkv's device: AOT tests)."""
-    names = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache",
-             "slot_mapping", "offsets", "k_scale", "v_scale")
     tensors = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets,
                k_scale, v_scale)
-    infos = dict(zip(names, (_info(t, n, with_ptr) for t, n in zip(tensors, names, strict=True)), strict=True))
+    infos = {n: _info(t, n, with_ptr) for t, n in zip(tensors, TENSOR_ARGS, strict=True)}
     for required in _REQUIRED:
         if infos[required] is None:
             raise TypeError(f"{required} must be a torch.Tensor, got None")
