@@ -13,8 +13,8 @@ GPU time: torch callables are captured in a CUDA graph (20 back-to-back calls pe
 and the replays timed with CUDA events. JAX callables
 (one jitted call each, caches donated) are timed on the device: the durations of every kernel, copy and memset
 that the calls ran, as CUPTI records them (``torch.profiler``, which sees XLA's kernels in the same process),
-summed and divided by the number of calls. The fused torch op is also timed that way (``kernel_us`` in the
-JSON), so the JAX/torch ratio compares like with like.
+summed and divided by the number of calls. The fused torch op is also timed that way, one synchronised call at a
+time as the JAX calls run (``kernel_us`` in the JSON), so the JAX/torch ratio compares like with like.
 At T <= 1024 the working set fits the 50 MB L2, so those sizes are latency figures, not bandwidth.
 Host overhead of one eager call is reported as a ratio to one small aten op timed the same way (median of five
 alternating rounds).
@@ -292,6 +292,17 @@ def gpu_activities(call, n: int) -> list:
     return events
 
 
+def synced(call):
+    """``call`` followed by a device synchronisation: one call at a time, as every JAX call below runs."""
+    import torch
+
+    def one_call():
+        out = call()
+        torch.cuda.synchronize()
+        return out
+    return one_call
+
+
 def device_time_us(call, n: int) -> float:
     """GPU time per call: the summed durations of the kernels, copies and memsets that ``n`` calls ran."""
     return sum(us for _, us in gpu_activities(call, n)) / n
@@ -369,7 +380,7 @@ def run(shapes, tokens, out_dir, with_jax=True):
                 if T == 16:
                     host[f"{sname}:{name}"] = host_ratio(fn, aten, reps=400 if name.startswith("fused") else 40)[0]
             n = 50 if T <= 1024 else 10
-            kernel_us[f"{sname}:{T}:fused_torch"] = device_time_us(impls["fused_torch"], n)
+            kernel_us[f"{sname}:{T}:fused_torch"] = device_time_us(synced(impls["fused_torch"]), n)
             jimpls = jax_impls(shape, inp) if with_jax else {}
             for name, call in jimpls.items():
                 res[name] = device_time_us(call, n)

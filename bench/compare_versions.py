@@ -1,10 +1,10 @@
 """Time the fused torch op alone, to compare two versions of this package on one GPU.
 
-``python -m fused_qkv.bench.compare_versions --out FILE [--shapes S1,S2] [--tokens 1,16,4096]`` writes, per shape
-and T, the CUDA-graph time per call with 4 and with 20 back-to-back calls per graph, and the kernel time from
-CUPTI (``device_time_us``). Only functions that every version of ``bench.py`` has are used: copied next to an
-older install's ``bench.py``, the same script times that version, minutes apart on the same machine (``.ci/gpu.sh
-compare REV`` does both). The copy bandwidth is measured in each run.
+``python -m fused_qkv.bench.compare_versions --out FILE [--shapes S1,S2] [--tokens 1,16,4096] [--index-dtype
+int32]`` writes, per shape and T, the CUDA-graph time per call with 4 and with 20 back-to-back calls per graph, and
+the kernel time from CUPTI (``device_time_us``). Only functions that every version of ``bench.py`` has are used:
+copied next to an older install's ``bench.py``, the same script times that version, minutes apart on the same
+machine (``.ci/gpu.sh compare REV`` does both). The copy bandwidth is measured in each run.
 """
 
 import argparse
@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fused_qkv.bench.compare_versions")
     parser.add_argument("--shapes", default="S1,S2,S3,S4")
     parser.add_argument("--tokens", default="1,16,4096,16384")
+    parser.add_argument("--index-dtype", choices=("int64", "int32"), default="int64",
+                        help="dtype of positions and slot_mapping (int32: what the JAX frontend passes)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     copy_bw = copy_bandwidth_gbps()
@@ -29,9 +31,11 @@ def main(argv=None) -> int:
     for sname in args.shapes.split(","):
         for T in (int(t) for t in args.tokens.split(",")):
             inp = torch_inputs(SHAPES[sname], T)
+            if args.index_dtype == "int32":
+                inp.update(positions=inp["positions"].int(), slot_mapping=inp["slot_mapping"].int())
             fn = torch_impls(SHAPES[sname], inp)["fused_torch"]
             nbytes = min_bytes(SHAPES[sname], T)
-            row = dict(shape=sname, T=T, bytes=nbytes)
+            row = dict(shape=sname, T=T, index_dtype=args.index_dtype, bytes=nbytes)
             for per_graph in (4, 20):
                 row[f"graph{per_graph}_us"] = graph_time_us(fn, max(40, 2 * per_graph), calls_per_graph=per_graph)
             row["kernel_us"] = device_time_us(fn, 50 if T <= 1024 else 20)

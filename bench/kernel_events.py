@@ -1,12 +1,13 @@
 """What the GPU runs for one call of each fused op: ``python -m fused_qkv.bench.kernel_events S2 4 [S2 16 ...]``
-lists, for the torch op (int64 and int32 indices) and the jitted JAX op on the bench's inputs, every kernel, copy
-and memset that CUPTI records (through ``torch.profiler``) over 20 calls, with its mean duration and count per
-call. Used to tell a slower kernel apart from extra work around it."""
+lists, for the torch op (int64 and int32 indices; int32 also with a synchronisation after each call, as the JAX
+calls run) and the jitted JAX op on the bench's inputs, every kernel, copy and memset that CUPTI records (through
+``torch.profiler``) over 20 calls, with its mean duration and count per call. Used to tell a slower kernel apart
+from extra work around it, or from the calls' context (back-to-back or one at a time)."""
 
 import collections
 import sys
 
-from .bench import SHAPES, gpu_activities, jax_impls, torch_impls, torch_inputs
+from .bench import SHAPES, gpu_activities, jax_impls, synced, torch_impls, torch_inputs
 
 
 def events(call, n=20):
@@ -23,9 +24,9 @@ def main(argv=None) -> int:
         inp = torch_inputs(SHAPES[sname], T)
         # the JAX op gets int32 positions and slots (the bench's JAX inputs); the torch op both int64 and int32
         inp32 = dict(inp, positions=inp["positions"].int(), slot_mapping=inp["slot_mapping"].int())
-        calls = {"torch": torch_impls(SHAPES[sname], inp)["fused_torch"],
-                 "torch, int32 indices": torch_impls(SHAPES[sname], inp32)["fused_torch"],
-                 "jax": jax_impls(SHAPES[sname], inp)["fused_jax"]}
+        torch32 = torch_impls(SHAPES[sname], inp32)["fused_torch"]
+        calls = {"torch": torch_impls(SHAPES[sname], inp)["fused_torch"], "torch, int32 indices": torch32,
+                 "torch, int32, synced": synced(torch32), "jax": jax_impls(SHAPES[sname], inp)["fused_jax"]}
         for label, call in calls.items():
             for name, (us, per_call) in sorted(events(call).items(), key=lambda kv: -kv[1][0] * kv[1][1]):
                 print(f"{sname} T={T} {label:<20} {us:7.2f} us x {per_call:4.1f} per call  {name[:110]}", flush=True)

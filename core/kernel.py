@@ -156,17 +156,25 @@ def _store_head(
 
 
 @triton.jit
-def _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries, num_cache_slots,
-                SLOT_STRIDE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_LAYER: tl.constexpr,
-                LAYER_STRIDE: tl.constexpr, BLOCK_STRIDE: tl.constexpr, SLOT_IN_BLOCK_STRIDE: tl.constexpr):
-    """(write mask, int64 element offset of head 0) of each token's cache slot.
+def _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE: tl.constexpr):
+    """Each token's raw ``slot_mapping`` entry (-1 past ``num_tokens`` or past the end of ``slot_mapping``).
+
+    Split from ``_slot_base`` so that a program issues this load with its other loads and does the arithmetic
+    later: arithmetic right after the load stalls every load behind it (with int32 indices, ptxas kept that
+    order; bench/NOTES.md version 6, tests/test_load_order.py)."""
+    return tl.load(slot_mapping_ptr + tok64 * SLOT_STRIDE, mask=tok_mask & (tok < num_slot_entries), other=-1)
+
+
+@triton.jit
+def _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE: tl.constexpr, HAS_LAYER: tl.constexpr,
+               LAYER_STRIDE: tl.constexpr, BLOCK_STRIDE: tl.constexpr, SLOT_IN_BLOCK_STRIDE: tl.constexpr):
+    """(write mask, int64 element offset of head 0) of each token's cache slot (``slot`` from ``_load_slot``).
 
     A token gets no write when it is past ``num_tokens``, past the end of ``slot_mapping``
     or its slot is outside ``[0, num_cache_slots)``.
     """
-    slot = tl.load(slot_mapping_ptr + tok64 * SLOT_STRIDE, mask=tok_mask & (tok < num_slot_entries), other=-1)
     slot = slot.to(tl.int64)
-    ok = tok_mask & (slot >= 0) & (slot < num_cache_slots)
+    ok = (slot >= 0) & (slot < num_cache_slots)
     slot = tl.where(ok, slot, 0)
     base = (slot // BLOCK_SIZE) * BLOCK_STRIDE + (slot % BLOCK_SIZE) * SLOT_IN_BLOCK_STRIDE
     if HAS_LAYER:
@@ -304,9 +312,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                         HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, STREAM)
         else:
             kh = head - NUM_Q_HEADS
-            slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
-                                             num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
-                                             KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
+            slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
             if K_SCALE_MODE != 0:
                 ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
             a_rot, b_rot, p = _load_norm_rope(
@@ -315,6 +321,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
                 POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
                 BLOCK_T, BLOCK_PASS, STREAM)
+            slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
+                                            KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
             if RETURN_KV:
                 k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
                 _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
@@ -331,12 +339,14 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         # ---------------- V head: copy + cache write ----------------
         vh = head - K_END
         x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, STREAM)  # V head
+        slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
+        if V_SCALE_MODE != 0:
+            vs = tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
         if RETURN_KV:
             v_dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
             _store_once(v_dst + d[None, :], x, row_mask & d_mask, STREAM)
-        slot_ok, slot_base = _cache_slot(slot_mapping_ptr, layer_ptr, tok, tok64, tok_mask, num_slot_entries,
-                                         num_cache_slots, SLOT_STRIDE, BLOCK_SIZE, HAS_LAYER,
-                                         VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
+        slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
+                                        VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
         cache_off = slot_base + vh * VC_HEAD_STRIDE
         cache_dtype = value_cache_ptr.dtype.element_ty
         vc_dst = value_cache_ptr + cache_off[:, None] + d[None, :]
@@ -345,7 +355,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         else:
             xf = x.to(tl.float32)
             if V_SCALE_MODE != 0:
-                xf = xf / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
+                xf = xf / vs
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,
                              V_SOFT_FP8, HW_CAST, STREAM)
     else:

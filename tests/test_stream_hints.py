@@ -12,8 +12,7 @@ import sys
 import pytest
 from fused_qkv.core import spec
 from fused_qkv.core.aot import compile_for, jax_pointer_dtypes, retarget
-from helpers import Case
-from test_specialisation_hints import _plan_for
+from helpers import Case, plan_for
 
 CASES = [  # every load and store the hints touch: gate copy, pass-through channels, fp8 caches with scales
     Case(T=16, num_blocks=16, D=256, QH=2, KVH=1, rotary_dim=64, gate="interleaved", offset=1.0),
@@ -33,11 +32,11 @@ def test_the_rule_is_the_size_of_the_qkv_input():
 def test_the_plan_applies_the_rule(monkeypatch):
     case = Case(T=16, num_blocks=16)
     row_bytes = (case.QH + 2 * case.KVH) * case.D * 2
-    assert not _plan_for(case).constexprs["STREAM"]
+    assert not plan_for(case).constexprs["STREAM"]
     monkeypatch.setattr(spec, "STREAM_MIN_BYTES", 16 * row_bytes)
-    assert _plan_for(case).constexprs["STREAM"]
+    assert plan_for(case).constexprs["STREAM"]
     monkeypatch.setattr(spec, "STREAM_MIN_BYTES", 16 * row_bytes + 1)
-    assert not _plan_for(case).constexprs["STREAM"]
+    assert not plan_for(case).constexprs["STREAM"]
 
 
 def _evict_first_accesses(plan, stream):
@@ -50,14 +49,14 @@ def _evict_first_accesses(plan, stream):
 
 @pytest.mark.parametrize("case", CASES[:2], ids=["gate-pass", "fp8-scaled"])
 def test_sm90_code_carries_the_hints_only_when_streaming(case):
-    plan = _plan_for(case)
+    plan = plan_for(case)
     loads, stores, policy = _evict_first_accesses(plan, True)
     assert policy and loads > 0 and stores > 0, (loads, stores)
     assert _evict_first_accesses(plan, False) == (0, 0, False)
 
 
 def test_streaming_specialisations_compile_for_rocm(tmp_path):
-    plans = [dataclasses.replace(p, constexprs=dict(p.constexprs, STREAM=True)) for p in map(_plan_for, CASES)]
+    plans = [dataclasses.replace(p, constexprs=dict(p.constexprs, STREAM=True)) for p in map(plan_for, CASES)]
     assert all(retarget(p, "hip:gfx942").constexprs["STREAM"] for p in plans)  # retargeting keeps the choice
     path = tmp_path / "plans.pickle"
     path.write_bytes(pickle.dumps(plans))

@@ -1,0 +1,74 @@
+"""Decode-size calls are latency-bound: a program's time is about the number of memory round trips it waits for.
+Every load of a program is meant to be in flight before the program first waits on loaded data: the qkv values,
+norm weights, positions and slots in one trip, the rotary table rows (addressed by the positions) in the next.
+ptxas, not Triton, decides the final order, so it is checked in the sm_90 machine code compiled ahead of time on
+the CPU (Triton's own ``nvdisasm``): within each exit path of the kernel, no global load may come after the first
+warp shuffle of the norm's reduction or after the first global store.
+
+Version 5 failed this in the V-head path of every case below that returns ``v`` (its slot was loaded after ``v``
+was stored) and, at S2-like shapes with int32 indices (the JAX frontend's), in the K-head path: arithmetic on the
+loaded slot stalled the program before its qkv loads, and ptxas issued the positions and table rows after the
+reduction. That kernel took 1.88 us at S2 T=4 against 1.51 us for version 6 (bench/results/v6_compare). The 16-token
+tiles of larger calls are not held to this: there ptxas issues the table rows after the reduction, and many
+programs per SM hide the latency.
+"""
+
+import dataclasses
+import re
+import subprocess
+import tempfile
+
+import pytest
+import triton
+from fused_qkv.core.aot import compile_for, jax_pointer_dtypes
+from helpers import Case, plan_for
+
+S1 = dict(D=128, QH=32, KVH=8)
+S2 = dict(D=256, QH=16, KVH=2, rotary_dim=64, gate="interleaved", offset=1.0)
+S3 = dict(S1, cache_dtype="float8_e4m3fn", scale="tensor")
+CASES = [
+    Case(T=4, index_dtype="int32", **S2),  # failed on version 5
+    Case(T=4, index_dtype="int64", **S2),
+    Case(T=1, index_dtype="int32", **S2),
+    Case(T=16, index_dtype="int32", **S2),
+    Case(T=4, index_dtype="int32", cache_dtype="float8_e4m3fn", scale="head", **S2),
+    Case(T=4, index_dtype="int32", **S1),
+    Case(T=16, index_dtype="int64", return_kv=False, **S1),
+    Case(T=4, index_dtype="int32", **S3),
+    Case(T=4, index_dtype="int32", with_offsets=True, layers=2, **S1),
+]
+
+
+def _sass(case: Case) -> str:
+    plan = plan_for(dataclasses.replace(case, num_blocks=64))
+    assert plan.constexprs["BLOCK_T"] <= 2, "decode tiles only"
+    cubin = compile_for(plan, jax_pointer_dtypes(plan), "cuda", aligned_pointers=True).asm["cubin"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([triton.knobs.nvidia.nvdisasm.path, "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def late_loads(sass: str) -> list:
+    """Per exit path (the code between two EXITs): the global loads placed after its first warp shuffle
+    (``SHFL.BFLY``, the norm's reduction) or its first global store."""
+    late = []
+    for path in re.split(r"\bEXIT\b", sass):
+        first_wait = min((m.start() for m in re.finditer(r"SHFL\.BFLY|\bSTG\b", path)), default=len(path))
+        late.append(re.findall(r"\bLDG\S*", path[first_wait:]))
+    return late
+
+
+def test_late_loads_are_found():
+    sass = "LDG.E R1 ;\nSHFL.BFLY PT, R2 ;\nLDG.E.64 R3 ;\nEXIT ;\nLDG.E R4 ;\nSTG.E [R5], R4 ;\nLDG.E R6 ;\nEXIT ;"
+    assert late_loads(sass) == [["LDG.E.64"], ["LDG.E"], []]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id() for c in CASES])
+def test_every_load_is_issued_before_the_first_wait(case):
+    sass = _sass(case)
+    paths = late_loads(sass)
+    assert len(paths) >= 4, "expected the Q, K, V and gate/exit paths"
+    assert sum("SHFL.BFLY" in p for p in re.split(r"\bEXIT\b", sass)) >= 2, "no norm reduction found"
+    assert not any(paths), paths
