@@ -199,17 +199,19 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         p = _load_once(src + p_offs, row_mask & pass_mask, STREAM).to(tl.float32)
     else:
         p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
-    # rotary table rows: clamp(position + offset, 0, rows - 1)
-    pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+    # rotary table rows: clamp(position + offset, 0, rows - 1). Positions are clamped in their own dtype (the sum
+    # with offsets in int64) and widened after: int64 arithmetic on int32 positions cost 16-token programs 4
+    # registers on sm_90 (44 against 40: 10 instead of 12 programs per SM; bench/NOTES.md version 7).
+    pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0)
     if HAS_OFFSETS:
-        pos += tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+        pos = pos.to(tl.int64) + tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
     if HAS_NORM:
         off = tl.cast(norm_weight_offset, tl.float32)
         wa = _load_weight(w_ptr, a_offs, half_mask, off)
         wb = _load_weight(w_ptr, b_offs, half_mask, off)
         if HAS_PASS:
             wp = _load_weight(w_ptr, p_offs, pass_mask, off)
-    pos = tl.minimum(tl.maximum(pos, 0), num_table_rows - 1)[:, None]
+    pos = tl.minimum(tl.maximum(pos, 0), num_table_rows - 1).to(tl.int64)[:, None]
     tcol = (i * TABLE_STEP)[None, :]
     c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
     s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
