@@ -11,6 +11,11 @@ loaded slot stalled the program before its qkv loads, and ptxas issued the posit
 reduction. That kernel took 1.88 us at S2 T=4 against 1.51 us for version 6 (bench/results/v6_compare). The 16-token
 tiles of larger calls are not held to this: there ptxas issues the table rows after the reduction, and many
 programs per SM hide the latency.
+
+Those larger calls are bandwidth-bound, and there the number of programs resident per SM counts, which the
+registers per thread set. Integer indices must not cost registers: version 6 used 44 per thread with int32 indices
+(the JAX frontend's) against 40 with int64 for the 16-token programs of S1 and S3 (10 instead of 12 programs per SM;
+1.6-2.7 % slower at T=16384). Version 7 clamps int32 positions as int32 (bench/NOTES.md version 7).
 """
 
 import dataclasses
@@ -39,15 +44,26 @@ CASES = [
 ]
 
 
-def _sass(case: Case) -> str:
-    plan = plan_for(dataclasses.replace(case, num_blocks=64))
-    assert plan.constexprs["BLOCK_T"] <= 2, "decode tiles only"
+def _run_on_cubin(case: Case, tool: str, *args: str) -> str:
+    """Compile ``case``'s specialisation for sm_90 as the JAX frontend launches it; ``tool``'s output on the cubin."""
+    plan = plan_for(case)
     cubin = compile_for(plan, jax_pointer_dtypes(plan), "cuda", aligned_pointers=True).asm["cubin"]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([triton.knobs.nvidia.nvdisasm.path, "-c", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run([getattr(triton.knobs.nvidia, tool).path, *args, f.name], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def _sass(case: Case) -> str:
+    case = dataclasses.replace(case, num_blocks=64)
+    assert plan_for(case).constexprs["BLOCK_T"] <= 2, "decode tiles only"
+    return _run_on_cubin(case, "nvdisasm", "-c")
+
+
+def _registers(case: Case) -> int:
+    (regs,) = re.findall(r"REG:(\d+)", _run_on_cubin(case, "cuobjdump", "--dump-resource-usage"))
+    return int(regs)
 
 
 def late_loads(sass: str) -> list:
@@ -72,3 +88,12 @@ def test_every_load_is_issued_before_the_first_wait(case):
     assert len(paths) >= 4, "expected the Q, K, V and gate/exit paths"
     assert sum("SHFL.BFLY" in p for p in re.split(r"\bEXIT\b", sass)) >= 2, "no norm reduction found"
     assert not any(paths), paths
+
+
+@pytest.mark.parametrize("shape", [S1, S3, dict(S1, return_kv=False), S2], ids=["S1", "S3", "S4", "S2"])
+def test_int32_indices_cost_no_registers(shape):
+    cases = [Case(T=4096, num_blocks=2048, index_dtype=idx, **shape) for idx in ("int32", "int64")]
+    if shape["D"] == 128:
+        assert plan_for(cases[0]).constexprs["BLOCK_T"] == 16
+    int32, int64 = map(_registers, cases)
+    assert int32 <= int64, (int32, int64)
