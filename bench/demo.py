@@ -9,6 +9,8 @@ dtype, plus fp32 noise): a correctly rounded result scores <= 1.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from fused_qkv.core import reference, rounding_error
 
@@ -62,7 +64,7 @@ def run_jax(batch, device: str, cache_dtype: str):
     import jax.numpy as jnp
     from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache
 
-    dev = jax.devices("cpu" if device == "cpu" else "gpu")[0]
+    dev = jax.devices("cpu")[0] if device == "cpu" else jax.devices("gpu")[int(device.partition(":")[2] or 0)]
     j = {k: jax.device_put(jnp.asarray(v), dev) for k, v in batch.items()}
     for k in ("qkv", "q_weight", "k_weight"):
         j[k] = j[k].astype(jnp.bfloat16)  # exact: the values are bf16 values
@@ -121,24 +123,52 @@ def frontends():
     return found
 
 
-def _has_gpu() -> bool:
+def _cuda_device_count() -> int:
+    """CUDA devices visible to the installed frontends (torch first, else JAX)."""
     try:
         import torch
 
-        return torch.cuda.is_available()
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
         import jax
 
-        return any(d.platform == "gpu" for d in jax.devices())
+        try:
+            return len(jax.devices("gpu"))
+        except RuntimeError:  # no GPU backend in this jaxlib
+            return 0
+
+
+def resolve_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as the device the demo runs on; ValueError with one line otherwise."""
+    name = device.strip().lower()
+    if name == "auto":
+        return "cuda" if _cuda_device_count() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    index = 0
+    if name.startswith("cuda:") and name[5:].isdigit():
+        index = int(name[5:])
+    elif name != "cuda":
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    count = _cuda_device_count()
+    if count == 0:
+        raise ValueError(f"--device {device}: no CUDA device is visible here; use --device cpu (Triton's "
+                         f"interpreter) or auto")
+    if index >= count:
+        raise ValueError(f"--device {device}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    return name
 
 
 def main(device: str = "auto") -> int:
     found = frontends()
     if not found:
-        print("no frontend available: install fused-qkv[torch] (or [jax])")
+        print("fused-qkv demo: no frontend available: install fused-qkv[torch] (or [jax])", file=sys.stderr)
         return 2
-    if device == "auto":
-        device = "cuda" if _has_gpu() else "cpu"
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:
+        print(f"fused-qkv demo: {exc}", file=sys.stderr)
+        return 2
     mode = "Triton interpreter" if device == "cpu" else "compiled Triton"
     print(f"fused-qkv demo: Qwen3-like batch (T={TOKENS}, QH=8, KVH=2, D=128, NeoX, plain gamma, NHD block "
           f"{BLOCK_SIZE}) on {device} ({mode}); err = worst error / allowed error (<= 1 passes)")

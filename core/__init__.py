@@ -4,6 +4,7 @@ Frontends (``fused_qkv.torch_api``, ``fused_qkv.jax_api``) depend on this packag
 depends on neither. Importing it needs only NumPy; ``get_kernel`` needs Triton.
 """
 
+from .indices import check_indices, index_checks_requested
 from .oracle import OracleResult, format_quantum, reference, round_to_format, rounding_error
 from .spec import (
     FP8_FORMATS,
@@ -36,6 +37,7 @@ def launch_on_host(plan, inputs, outputs):
 
 __all__ = [
     "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OracleResult", "SCALAR_NAMES",
-    "check_config", "check_layer", "format_quantum", "get_kernel", "launch_on_host", "ordered_args", "plan_launch",
-    "reference", "round_to_format", "rounding_error", "tensor_parallel_columns",
+    "check_config", "check_indices", "check_layer", "format_quantum", "get_kernel", "index_checks_requested",
+    "launch_on_host", "ordered_args", "plan_launch", "reference", "round_to_format", "rounding_error",
+    "tensor_parallel_columns",
 ]

@@ -24,6 +24,7 @@ from fused_qkv.core import (
     launch_on_host,
     plan_launch,
 )
+from fused_qkv.core import indices as _indices
 
 
 class FusedQKVJaxOutput(NamedTuple):
@@ -77,6 +78,11 @@ def _as_array(x, name: str, required: bool):
             raise TypeError(f"{name} must be a jax.Array, got None")
         return None
     if isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "aval"):
+        given = np.dtype(x.dtype)
+        canonical = np.dtype(jax.dtypes.canonicalize_dtype(given))
+        if canonical != given and given != np.int64:  # int64 indices become int32, which the op accepts
+            raise TypeError(f"{name} has dtype {given.name}, which JAX would silently turn into {canonical.name} "
+                            f"(jax_enable_x64 is off); pass {name} in a dtype the op accepts")
         return jnp.asarray(x)
     raise TypeError(f"{name} must be a jax.Array (or NumPy array), got {type(x).__name__}")
 
@@ -112,7 +118,7 @@ def fused_qkv_split_qk_norm_rope_cache(
     num_q_heads: int, num_kv_heads: int, head_dim: int, eps: float = 1e-6, norm_weight_offset: float = 0.0,
     is_neox: bool = True, rotary_dim: Optional[int] = None, offsets=None, attn_output_gate: bool = False,
     gated_qkv_layout: str = "interleaved", k_scale=None, v_scale=None, kv_cache_layout: str = "NHD",
-    return_kv: bool = True, layer: Any = None,
+    return_kv: bool = True, layer: Any = None, check_indices: Optional[bool] = None,
 ) -> FusedQKVJaxOutput:
     """Split a packed QKV projection, RMS-normalise Q and K per head, apply RoPE, write K/V to a paged cache.
 
@@ -135,6 +141,18 @@ def fused_qkv_split_qk_norm_rope_cache(
             dtype or float8_e4m3fn/float8_e5m2 (CUDA) / float8_e4m3fnuz (ROCm gfx942, CPU).
         slot_mapping: ``[S <= T]`` int32/int64; negative, out-of-range or missing slots write nothing.
         k_scale, v_scale: optional float32 ``[1]`` or ``[KVH]``; the caches hold ``k / k_scale``, ``v / v_scale``.
+        check_indices: development aid. ``True`` checks ``positions`` (plus ``offsets``) against the table and
+            ``slot_mapping`` against the cache on the host and raises ``ValueError`` naming the first bad entry and
+            its value (slots ``>= num_blocks * block_size`` or negative other than ``-1``). Concrete arrays are
+            checked during the call; inside ``jax.jit`` the check runs through ``jax.debug.callback`` when the
+            computation executes, and the ``ValueError`` reaches the caller wrapped in a
+            ``jax.errors.JaxRuntimeError`` whose message carries it. It synchronises. ``None`` (default): on if
+            ``FUSED_QKV_CHECK_INDICES=1`` is set, else off.
+
+    Raises:
+        TypeError / ValueError naming the argument, for any invalid shape, dtype, layout or value; a float64 (or
+        other 64-bit non-index) array given with ``jax_enable_x64`` off is reported under its own name rather than
+        silently narrowed.
 
     Returns:
         :class:`FusedQKVJaxOutput` ``(q, gate, k, v, key_cache, value_cache)``.
@@ -178,6 +196,9 @@ def fused_qkv_split_qk_norm_rope_cache(
         k_scale=_info(arrays["k_scale"]), v_scale=_info(arrays["v_scale"]), kv_cache_layout=kv_cache_layout,
         return_kv=return_kv, layer=layer_spec, target=target, warp_size=64 if target.startswith("hip") else 32)
 
+    if _indices.index_checks_requested(check_indices):
+        _check_indices(arrays, plan)
+
     inputs = {n: arrays.get(n) for n in INPUT_NAMES}
     inputs["layer"] = layer_arr
     inputs["key_cache_in"], inputs["value_cache_in"] = arrays["key_cache"], arrays["value_cache"]
@@ -194,6 +215,23 @@ def fused_qkv_split_qk_norm_rope_cache(
         outs = _run_triton_call(plan, inputs, present, out_structs, cache_structs)
     return FusedQKVJaxOutput(outs["q"], outs.get("gate"), outs.get("k"), outs.get("v"), outs["key_cache"],
                              outs["value_cache"])
+
+
+def _check_indices(arrays, plan):
+    """``check_indices=True``: concrete index arrays are checked here; traced ones (inside ``jit``) on the host
+    through ``jax.debug.callback`` when the computation runs."""
+    names = [n for n in ("positions", "offsets", "slot_mapping") if arrays[n] is not None]
+    limits = dict(num_table_rows=plan.scalars["num_table_rows"], num_cache_slots=plan.scalars["num_cache_slots"])
+
+    def host(*values):
+        given = dict(zip(names, values, strict=True))
+        _indices.check_indices(given["positions"], given.get("offsets"), given["slot_mapping"], **limits)
+
+    values = [arrays[n] for n in names]
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        jax.debug.callback(host, *values)
+    else:
+        host(*(np.asarray(v) for v in values))
 
 
 def _run_on_host(plan, inputs, present, out_structs, cache_structs):

@@ -6,8 +6,10 @@ every call it does not cover back to the checked Python path. The same path on t
 """
 
 import dataclasses
+import re
 import struct
 import types
+import warnings
 
 import pytest
 import torch
@@ -50,6 +52,10 @@ def faked(monkeypatch):
     """CPU tensors treated as CUDA ones by the frontend, Triton's compile and launch faked; yields the record."""
     module = native.load(warn=False)
     assert module is not None, native.status()
+    yield from _fake_cuda(monkeypatch)
+
+
+def _fake_cuda(monkeypatch):
     rec = types.SimpleNamespace(checked=[], compiled=None)
 
     def launch_compiled(plan, args, device):
@@ -279,3 +285,64 @@ def test_bench_records_the_python_fast_path_launch(faked, monkeypatch):
     assert list(launched[9:9 + 19]) == expect[:19]  # inputs and scalars
     assert list(launched[9 + 19:9 + 23]) == [out.q.data_ptr(), out.gate.data_ptr(), out.k.data_ptr(),
                                              out.v.data_ptr()]
+
+
+def test_build_announces_its_start_and_duration_on_stderr(tmp_path, monkeypatch, capfd):
+    """The first eager call never stalls silently: the build says when it starts and how long it took (a stand-in
+    compiler that only writes its output keeps this fast)."""
+    fake = tmp_path / "fake-cxx"
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done; echo built > "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    native.build(tmp_path / "lib.so")
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 2, err
+    assert err[0].startswith("fused_qkv: building the native eager launcher with") and str(fake) in err[0]
+    assert re.fullmatch(r"fused_qkv: native eager launcher built in \d+\.\d s", err[1]), err[1]
+    assert (tmp_path / "lib.so").read_text() == "built\n"
+
+
+def test_without_a_compiler_the_op_warns_once_and_launches_from_python(tmp_path, monkeypatch):
+    """No C++ compiler (nothing cached either): the first eager CUDA call warns once, naming the reason; it and
+    every later call take the Python launch path, the second one its fast path."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("FUSED_QKV_CACHE_DIR", str(tmp_path))
+    native.reset()
+    try:
+        rec = next(_fake_cuda(monkeypatch))
+        monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+        args, kwargs = make_inputs(Case(T=4))
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as warned:
+            first = op_module.fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
+        assert len(warned) == 1 and native.loaded() is None
+        assert native.status().startswith("unavailable: no C++ compiler") and "no-such-compiler" in native.status()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning
+            second = op_module.fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
+        assert len(rec.checked) == 1 and len(rec.compiled.python_launches) == 1  # checked once, then fast path
+        assert second.q.shape == first.q.shape == (4, 4, 64)
+    finally:
+        op_module.clear_caches()
+        native.reset()
+
+
+def test_build_native_command_reports_why_it_cannot_build(tmp_path, monkeypatch, capsys):
+    from fused_qkv.bench.cli import main
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("FUSED_QKV_CACHE_DIR", str(tmp_path))
+    native.reset()
+    try:
+        assert main(["build-native"]) == 1
+    finally:
+        native.reset()
+    err = capsys.readouterr().err
+    assert err.startswith("fused-qkv build-native: not built: unavailable: no C++ compiler") and err.count("\n") == 1
+
+
+def test_build_native_command_builds_or_finds_the_library(capsys):
+    from fused_qkv.bench.cli import main
+
+    native.reset()
+    assert main(["build-native"]) == 0, capsys.readouterr().err
+    assert native.loaded() is not None and str(native.library_path()) in capsys.readouterr().out

@@ -6,10 +6,12 @@ kernel from C++ (about one aten op of host time instead of five to nine). Whatev
 (another current device, misaligned pointers, arrays that meet, tensor subclasses, launch hooks) goes back to the
 Python path, which checks everything.
 
-Building needs a C++ compiler (``g++``; ``CXX`` overrides) and the torch headers that come with the torch wheel.
-It takes 10-20 s once per torch version and machine; the library is cached under ``$FUSED_QKV_CACHE_DIR`` (default
-``~/.cache/fused_qkv``). ``FUSED_QKV_NATIVE=0`` turns the native path off; when the build fails, the op warns once
-and keeps using the Python launcher. :func:`status` says which is in use.
+Building needs a C++ compiler (``g++``; ``CXX`` overrides), the torch headers that come with the torch wheel and
+the Python headers. It takes 10-20 s once per torch version and machine, announced on stderr when it starts and
+when it ends; ``fused-qkv build-native`` does it ahead of time and says why it cannot. The library is cached under
+``$FUSED_QKV_CACHE_DIR`` (default ``~/.cache/fused_qkv``). ``FUSED_QKV_NATIVE=0`` turns the native path off; when
+the build is impossible or fails, the op warns once and keeps using the Python launcher. :func:`status` says which
+is in use.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import importlib.util
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
+import time
 import warnings
 
 SOURCE = pathlib.Path(__file__).with_name("native.cpp")
@@ -42,11 +46,33 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(root) / "native"
 
 
+def _compiler() -> list:
+    return shlex.split(os.environ.get("CXX", "g++")) or ["g++"]
+
+
+def missing_prerequisite():
+    """Why the library cannot be built here (no compiler, no torch or Python headers), or None."""
+    import torch
+
+    cxx = _compiler()
+    if shutil.which(cxx[0]) is None:
+        return f"no C++ compiler: {cxx[0]!r} is not on PATH (install g++ or set CXX)"
+    include = pathlib.Path(torch.__file__).parent / "include"
+    for header in (include / "ATen" / "core" / "Tensor.h",
+                   include / "torch" / "csrc" / "autograd" / "python_variable.h"):
+        if not header.exists():
+            return f"torch headers missing: {header} not found (this torch install ships no C++ headers)"
+    python_h = pathlib.Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not python_h.exists():
+        return f"Python headers missing: {python_h} not found (install the python3-dev package)"
+    return None
+
+
 def _compile_command(output: str) -> list:
     import torch
 
     torch_dir = pathlib.Path(torch.__file__).parent
-    cxx = shlex.split(os.environ.get("CXX", "g++"))
+    cxx = _compiler()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [*cxx, "-O2", "-std=c++20", "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
@@ -66,8 +92,15 @@ def library_path() -> pathlib.Path:
 
 
 def build(path: pathlib.Path) -> None:
-    """Compile ``native.cpp`` to ``path`` (atomically: concurrent builders each write a temporary file)."""
+    """Compile ``native.cpp`` to ``path`` (atomically: concurrent builders each write a temporary file); one line on
+    stderr when the build starts and one when it ends."""
+    reason = missing_prerequisite()
+    if reason is not None:
+        raise RuntimeError(reason)
     path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"fused_qkv: building the native eager launcher with {_compiler()[0]} (once per machine and torch "
+          f"version, 10-20 s) -> {path}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
@@ -76,6 +109,8 @@ def build(path: pathlib.Path) -> None:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         os.replace(tmp, path)
+        print(f"fused_qkv: native eager launcher built in {time.perf_counter() - start:.1f} s", file=sys.stderr,
+              flush=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -106,7 +141,7 @@ def load(*, warn: bool = True):
             module = _import(path)
             _state.update(tried=True, module=module, reason=f"in use ({path})")
         except Exception as exc:  # no compiler, no headers, ...: the Python launcher keeps working
-            _state.update(tried=True, module=None, reason=f"build failed: {exc}")
+            _state.update(tried=True, module=None, reason=f"unavailable: {exc}")
             if warn:
                 warnings.warn(f"fused_qkv: the native eager launcher is unavailable, eager calls use the Python "
                               f"launcher (more host time per call). Set FUSED_QKV_NATIVE=0 to silence this. "

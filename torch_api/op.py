@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
-from fused_qkv.core import INPUT_NAMES, ArrayInfo, check_config, check_layer, get_kernel, ordered_args, plan_launch
+from fused_qkv.core import (
+    INPUT_NAMES,
+    ArrayInfo,
+    check_config,
+    check_layer,
+    get_kernel,
+    ordered_args,
+    plan_launch,
+)
+from fused_qkv.core import indices as _indices
 from fused_qkv.core.launch import launch_interpreted
 from fused_qkv.core.spec import SCALAR_NAMES, check_overlaps
 from fused_qkv.torch_api import native as _native
@@ -442,6 +452,30 @@ def _fused_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, valu
     return _with_placeholders(outs, qkv)
 
 
+_warned_unchecked = []
+
+
+def _check_indices_on_host(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping,
+                           num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets,
+                           attn_output_gate, gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer):
+    """``check_indices=True``: validate the call, copy the index tensors to the host and check them (a sync)."""
+    if torch.compiler.is_compiling() or (qkv.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        if not _warned_unchecked:
+            _warned_unchecked.append(True)
+            warnings.warn("fused_qkv: check_indices is skipped under torch.compile tracing and CUDA-graph capture "
+                          "(it synchronises); run the call eagerly to check its indices", RuntimeWarning,
+                          stacklevel=3)
+        return
+    kc, vc = _select_layer(key_cache, value_cache, layer)
+    plan, _ = _plan(qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, num_q_heads, num_kv_heads,
+                    head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
+                    gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, with_ptr=False)
+    host = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
+    _indices.check_indices(host(positions), host(offsets), host(slot_mapping),
+                           num_table_rows=plan.scalars["num_table_rows"],
+                           num_cache_slots=plan.scalars["num_cache_slots"])
+
+
 def _plain_eager(*tensors) -> bool:
     """True when nothing observes the call but eager execution: not traced by torch.compile, no tensor
     subclass (fake, functional, ...), no dispatch or function mode, no autograd on the inputs."""
@@ -477,6 +511,7 @@ def fused_qkv_split_qk_norm_rope_cache(
     kv_cache_layout: str = "NHD",
     return_kv: bool = True,
     layer: Optional[int] = None,
+    check_indices: Optional[bool] = None,
 ) -> FusedQKVOutput:
     """Split a packed QKV projection, RMS-normalise Q and K per head, apply RoPE, write K/V to a paged cache.
 
@@ -517,6 +552,11 @@ def fused_qkv_split_qk_norm_rope_cache(
             ``k / k_scale`` and ``v / v_scale``.
         return_kv: return k and v (set False to skip writing them when only the cache needs them).
         layer: index into a leading layer axis of the caches (Python int), or ``None`` for 4-D caches.
+        check_indices: development aid. ``True`` copies ``positions``, ``offsets`` and ``slot_mapping`` to the host
+            and raises ``ValueError`` naming the first position (plus offset) outside the table and the first slot
+            ``>= num_blocks * block_size`` or negative other than ``-1`` (the padding slot), before anything is
+            launched. It synchronises, so it is skipped, with a one-time warning, under ``torch.compile`` tracing
+            and CUDA-graph capture. ``None`` (default): on if ``FUSED_QKV_CHECK_INDICES=1`` is set, else off.
 
     Returns:
         :class:`FusedQKVOutput` ``(q, gate, k, v)`` as described there.
@@ -524,7 +564,8 @@ def fused_qkv_split_qk_norm_rope_cache(
     Raises:
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout, device or value.
     """
-    native = _native.loaded()
+    checking = _indices.index_checks_requested(check_indices)
+    native = None if checking else _native.loaded()
     if native is not None and layer is None and not torch.compiler.is_compiling() and \
             not _hooked(knobs.runtime.launch_enter_hook) and not _hooked(knobs.runtime.launch_exit_hook):
         # native eager path (native.cpp): a recorded call signature allocates and launches from C++; it checks for
@@ -536,7 +577,7 @@ def fused_qkv_split_qk_norm_rope_cache(
         if out is not None:
             return out  # a FusedQKVOutput
     fast_key = None
-    if layer is None and _plain_eager(qkv, key_cache, value_cache):
+    if layer is None and not checking and _plain_eager(qkv, key_cache, value_cache):
         # eager fast path: a call signature that was validated and launched before goes straight to the launcher
         try:
             fast_key = _fast_key(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping,
@@ -566,6 +607,8 @@ def fused_qkv_split_qk_norm_rope_cache(
     args = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
             num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
             gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer)
+    if checking:
+        _check_indices_on_host(*args)
     if _plain_eager(qkv, key_cache, value_cache):
         q, gate, k, v = _launch(*args, placeholders=False, fast_key=fast_key)
     else:

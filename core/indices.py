@@ -1,0 +1,59 @@
+"""Opt-in index checking for development: positions against the rotary table, slots against the cache.
+
+The kernel never reads or writes out of bounds whatever the index data is: positions outside the table are clamped
+to its first/last row and slots outside the cache are skipped. That is safe, and silent. With checking on
+(``check_indices=True`` on either frontend's call, or ``FUSED_QKV_CHECK_INDICES=1`` in the environment), the
+frontends copy the index arrays to the host and call :func:`check_indices` before the results are returned; a bad
+index raises ``ValueError`` naming the argument, the first bad entry and its value. The copy synchronises the host
+with the device, so checking is off by default and the default path stays capture-safe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+ENV_VAR = "FUSED_QKV_CHECK_INDICES"
+PAD_SLOT = -1  # the padding slot (vLLM's PAD_SLOT_ID): no write, and not an error
+
+
+def index_checks_requested(check_indices: Optional[bool]) -> bool:
+    """The ``check_indices`` argument if given, else whether ``FUSED_QKV_CHECK_INDICES`` is set to 1/true/yes/on."""
+    if check_indices is None:
+        return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    if not isinstance(check_indices, bool):
+        raise TypeError(f"check_indices must be None or a bool, got {type(check_indices).__name__}")
+    return check_indices
+
+
+def check_indices(positions, offsets, slot_mapping, *, num_table_rows: int, num_cache_slots: int) -> None:
+    """Raise ``ValueError`` for the first position (plus offset) outside ``[0, num_table_rows)`` and the first slot
+    that is ``>= num_cache_slots`` or negative other than ``-1``.
+
+    Args:
+        positions: ``[T]`` integer array (NumPy or anything ``np.asarray`` takes).
+        offsets: ``[T]`` integer array added to ``positions``, or ``None``.
+        slot_mapping: ``[S]`` integer array.
+        num_table_rows: rows of the ``cos``/``sin`` tables.
+        num_cache_slots: ``num_blocks * block_size`` of the cache.
+    """
+    pos = np.asarray(positions).astype(np.int64)
+    eff = pos if offsets is None else pos + np.asarray(offsets).astype(np.int64)
+    bad = np.flatnonzero((eff < 0) | (eff >= num_table_rows))
+    if bad.size:
+        i = int(bad[0])
+        what = (f"positions[{i}] = {pos[i]}" if offsets is None
+                else f"positions[{i}] + offsets[{i}] = {pos[i]} + {eff[i] - pos[i]} = {eff[i]}")
+        raise ValueError(f"{what} is outside the rotary table's rows [0, {num_table_rows}) (cos/sin have "
+                         f"{num_table_rows} rows); unchecked, the kernel would clamp it to row "
+                         f"{min(max(int(eff[i]), 0), num_table_rows - 1)} ({bad.size} such entries)")
+    slots = np.asarray(slot_mapping).astype(np.int64)
+    bad = np.flatnonzero((slots < PAD_SLOT) | (slots >= num_cache_slots))
+    if bad.size:
+        i = int(bad[0])
+        rule = (f">= num_blocks * block_size = {num_cache_slots}" if slots[i] >= num_cache_slots
+                else f"negative (only {PAD_SLOT} is the padding slot)")
+        raise ValueError(f"slot_mapping[{i}] = {slots[i]} is {rule}; unchecked, the kernel would skip its cache "
+                         f"write ({bad.size} such entries)")
