@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One GPU session's checks (run through the device tool on the H100; see README "Platforms").
+# One GPU session's checks (run through the device tool on the H200; see README "Platforms").
 #   bash .ci/gpu.sh            the whole test suite on cuda + the demo
 #   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
 #                              then the JAX donation benchmark
 #   bash .ci/gpu.sh bench ARGS fused-qkv bench ARGS, results (table, JSON, PNG) under $OUT
 #   bash .ci/gpu.sh compare DIR [TESTS...]
 #                              the fused op alone, an older version (a checkout in DIR, e.g. `git worktree add
-#                              .v2 REV`, carried) then this one (bench/compare_versions.py); the host-time
+#                              .old REV`, carried) then this one (tools/compare_versions.py); the host-time
 #                              profile; then pytest on TESTS (cuda), if given
 #   bash .ci/gpu.sh native [TESTS...]
 #                              build the native eager launcher (timed), its tests and the fast-path tests on cuda
@@ -38,11 +38,11 @@ if [ "$mode" = compare ]; then
   old=$2; shift 2
   python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/oldsite "$old" >>"$OUT/install.log" 2>&1 \
     || { cat "$OUT/install.log"; exit 1; }
-  cp bench/compare_versions.py /tmp/oldsite/fused_qkv/bench/
-  PYTHONPATH=/tmp/oldsite:$PYTHONPATH python3 -m fused_qkv.bench.compare_versions --out "$OUT/compare_old.json" \
+  # the older install comes first on the path; the script uses only what every version's bench.py has
+  PYTHONPATH=/tmp/oldsite:$PYTHONPATH python3 tools/compare_versions.py --out "$OUT/compare_old.json" \
     2>&1 | tee "$OUT/compare_old.log" || rc=1
-  python3 -m fused_qkv.bench.compare_versions --out "$OUT/compare_new.json" 2>&1 | tee "$OUT/compare_new.log" || rc=1
-  python3 -m fused_qkv.bench.host_profile >"$OUT/host_profile.log" 2>&1 || rc=1
+  python3 tools/compare_versions.py --out "$OUT/compare_new.json" 2>&1 | tee "$OUT/compare_new.log" || rc=1
+  python3 tools/host_profile.py >"$OUT/host_profile.log" 2>&1 || rc=1
   head -8 "$OUT/host_profile.log"
   if [ $# -gt 0 ]; then
     FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider "$@" -rf 2>&1 \
@@ -60,7 +60,7 @@ print(f'native launcher: {native.status()} (load/build {time.perf_counter() - t:
   FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fast_path.py \
     tests/test_native_launcher.py tests/test_launch_cache.py "$@" -rf 2>&1 | tee "$OUT/pytest_native.log" | tail -15 \
     || rc=1
-  python3 -m fused_qkv.bench.host_profile >"$OUT/host_profile.log" 2>&1 || rc=1
+  python3 tools/host_profile.py >"$OUT/host_profile.log" 2>&1 || rc=1
   head -8 "$OUT/host_profile.log"
   exit $rc
 fi
@@ -69,7 +69,7 @@ if [ "$mode" = sanitize ]; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONUNBUFFERED=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
     python3 tests/gpu/sanitize_cases.py 40 >"$OUT/sanitizer.log" 2>&1 || rc=1
   grep -E "SANITIZE RUN DONE|ERROR SUMMARY" "$OUT/sanitizer.log"; tail -3 "$OUT/sanitizer.log"
-  python3 -m fused_qkv.bench.jax_donation --out "$OUT/jax_donation.json" 2>&1 | tee "$OUT/jax_donation.log" || rc=1
+  python3 tools/jax_donation.py --out "$OUT/jax_donation.json" 2>&1 | tee "$OUT/jax_donation.log" || rc=1
   exit $rc
 fi
 FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider tests -rf 2>&1 \

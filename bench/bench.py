@@ -1,6 +1,6 @@
 """``fused-qkv bench``: the fused op against its baselines, side by side on identical inputs, in one process.
 
-Implementations (the baselines are the tests' reference chains, ``torch_api.reference`` / ``jax_api.reference``):
+Implementations (the baselines are the tests' reference chains, ``torch_api.unfused`` / ``jax_api.unfused``):
 
 - ``fused_torch``: this project's torch op;  ``fused_jax``: this project's JAX op (jitted, caches donated);
 - ``unfused_eager``: the torch chain, eager;  ``compiled_math``: its split/norm/RoPE under ``torch.compile`` with
@@ -23,7 +23,6 @@ alternating rounds).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -207,38 +206,6 @@ def host_overhead(fn, reps=200) -> float:
     return (time.perf_counter() - t0) / reps * 1e6
 
 
-@contextlib.contextmanager
-def python_launcher_only():
-    """Inside: the torch op's eager calls skip the native launcher (torch_api/native.cpp) and take the Python path."""
-    from fused_qkv.torch_api import native
-
-    loaded = native.loaded
-    native.loaded = lambda: None
-    try:
-        yield
-    finally:
-        native.loaded = loaded
-
-
-def recorded_launch(fn):
-    """Clear the torch op's caches and call ``fn`` (one eager call of it) twice through the Python path; returns
-    (the fast-path entry, the arguments its second call handed Triton's launcher, that call's outputs, which must
-    stay alive while the arguments are reused)."""
-    from fused_qkv.torch_api import op as top
-
-    top.clear_caches()
-    with python_launcher_only():
-        fn()
-        (entry,) = top._FAST.values()
-        recorded, run = [], entry.run
-        entry.run = lambda *args: recorded.append(args)
-        try:
-            out = fn()
-        finally:
-            entry.run = run
-    return entry, recorded[0], out
-
-
 def host_ratio(fn, aten_fn, rounds: int = 5, reps: int = 400) -> tuple:
     """(median ratio, median us) of ``fn``'s host time per eager call to ``aten_fn``'s, measured in alternating
     rounds so that both see the same machine state (a single aten figure at the start drifts by 10-20 %)."""
@@ -253,12 +220,12 @@ def host_ratio(fn, aten_fn, rounds: int = 5, reps: int = 400) -> tuple:
 
 def torch_impls(shape, inp):
     import torch
+    from fused_qkv.core import ARRAY_NAMES
     from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
-    from fused_qkv.torch_api.op import TENSOR_ARGS
-    from fused_qkv.torch_api.reference import prologue_math, unfused, write_cache
+    from fused_qkv.torch_api.unfused import prologue_math, unfused, write_cache
 
     cfg = _cfg(shape)
-    args = [inp[k] for k in TENSOR_ARGS[:9]]
+    args = [inp[k] for k in ARRAY_NAMES[:9]]
     fused = lambda: op(*args, **cfg, k_scale=inp["k_scale"], v_scale=inp["v_scale"],  # noqa: E731
                        return_kv=shape["return_kv"])
     eager = lambda: unfused(*args, k_scale=inp["k_scale"], v_scale=inp["v_scale"], **cfg)  # noqa: E731
@@ -313,7 +280,7 @@ def jax_impls(shape, inp):
     import jax.numpy as jnp
     import torch
     from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
-    from fused_qkv.jax_api.reference import unfused as junfused
+    from fused_qkv.jax_api.unfused import unfused as junfused
 
     cfg = _cfg(shape)
 
@@ -446,13 +413,15 @@ def verify(shape, inp, out, jax_call=None) -> dict:
 
 
 def _sweep_cases(shapes, tokens, out_dir, filename, reps_large, measure):
-    """Run ``measure(sname, shape, T, inp, fn, reps, per_graph, nbytes)`` (a JSON-able record) on the bench inputs
-    of every shape and size, with the fused torch op as ``fn`` timed as the bench times it; the plan caches are
-    cleared after each size (whatever override ``measure`` set is undone there); writes ``filename``."""
+    """Run ``measure(sname, shape, T, inp, fn, reps, per_graph, nbytes, copy_bw)`` (a JSON-able record) on the bench
+    inputs of every shape and size, with the fused torch op as ``fn`` timed as the bench times it and the copy
+    bandwidth measured at the start; the plan caches are cleared after each size; writes ``filename``."""
     import torch
-    from fused_qkv.torch_api import op as top
+    from fused_qkv.torch_api.op import clear_caches
 
     os.makedirs(out_dir, exist_ok=True)
+    copy_bw = copy_bandwidth_gbps()
+    print(f"copy bandwidth {copy_bw:.0f} GB/s (read + write)", flush=True)
     found = []
     for sname in shapes:
         shape = SHAPES[sname]
@@ -461,41 +430,38 @@ def _sweep_cases(shapes, tokens, out_dir, filename, reps_large, measure):
             fn = torch_impls(shape, inp)["fused_torch"]
             nbytes = min_bytes(shape, T)
             reps = 200 if T <= L2_TOKENS else reps_large
-            per_graph = calls_per_graph(T, nbytes / 3000e9 * 1e6)  # as the bench times the op
+            per_graph = calls_per_graph(T, nbytes / (copy_bw * 1e9) * 1e6)  # as the bench times the op
             try:
-                found.append(measure(sname, shape, T, inp, fn, reps, per_graph, nbytes))
+                found.append(measure(sname, shape, T, inp, fn, reps, per_graph, nbytes, copy_bw))
             finally:
-                top.clear_caches()
+                clear_caches()
             del inp
             torch.cuda.empty_cache()
     with open(os.path.join(out_dir, filename), "w") as f:
-        json.dump(found, f, indent=1)
+        json.dump(dict(copy_bandwidth_gbps=copy_bw, results=found), f, indent=1)
 
 
 def sweep(shapes, tokens, out_dir):
-    """Time the fused torch op over (BLOCK_T, num_warps) choices, to set ``spec.choose_tiles`` from data."""
-    from fused_qkv.core import spec
-    from fused_qkv.torch_api import op as top
+    """Time the fused torch op over (BLOCK_T, num_warps) choices, to set ``plan.choose_tiles`` from data."""
+    from fused_qkv.core import plan
+    from fused_qkv.torch_api.op import clear_caches
 
-    def measure(sname, shape, T, inp, fn, reps, per_graph, nbytes):
-        block_d = spec.next_pow2(shape["head_dim"])
+    def measure(sname, shape, T, inp, fn, reps, per_graph, nbytes, copy_bw):
+        block_d = plan.next_pow2(shape["head_dim"])
         timings = []
-        try:
-            for bt in (1, 2, 4, 8, 16, 32, 64):
-                for warps in (1, 2, 4, 8):
-                    if bt > max(T, 1) * 2 or bt * block_d > 16384 or bt * block_d < warps * 32:
-                        continue
-                    spec.TILE_OVERRIDE = (bt, warps)
-                    top.clear_caches()
+        for bt in (1, 2, 4, 8, 16, 32, 64):
+            for warps in (1, 2, 4, 8):
+                if bt > max(T, 1) * 2 or bt * block_d > 16384 or bt * block_d < warps * 32:
+                    continue
+                with plan.tile_override(bt, warps):
+                    clear_caches()
                     timings.append((graph_time_us(fn, reps, per_graph), bt, warps))
-        finally:
-            spec.TILE_OVERRIDE = None
-        top.clear_caches()
+        clear_caches()
         default = graph_time_us(fn, reps, per_graph)
         timings.sort()
-        print(f"{sname} T={T}: default {default:.1f} us; best " + ", ".join(
-            f"BLOCK_T={bt} warps={w}: {us:.1f} us ({100 * nbytes / (us * 1e-6) / 1e9 / 3000:.0f}% of 3 TB/s)"
-            for us, bt, w in timings[:4]), flush=True)
+        pct = lambda us: 100 * nbytes / (us * 1e-6) / 1e9 / copy_bw  # noqa: E731
+        print(f"{sname} T={T}: default {default:.1f} us ({pct(default):.0f}% of copy); best " + ", ".join(
+            f"BLOCK_T={bt} warps={w}: {us:.1f} us ({pct(us):.0f}%)" for us, bt, w in timings[:4]), flush=True)
         return dict(shape=sname, T=T, default_us=default,
                     timings=[dict(us=us, block_t=bt, num_warps=w) for us, bt, w in timings])
 
@@ -503,24 +469,21 @@ def sweep(shapes, tokens, out_dir):
 
 
 def sweep_stream(shapes, tokens, out_dir):
-    """Time the fused torch op with the kernel's evict-first hints forced off and on (``spec.streams``), in
-    alternating rounds, to check the window ``spec.STREAM_MIN_BYTES`` .. ``STREAM_MAX_BYTES`` against data."""
-    from fused_qkv.core import spec
-    from fused_qkv.torch_api import op as top
+    """Time the fused torch op with the kernel's evict-first hints forced off and on (``plan.evict_first``), in
+    alternating rounds, to check its window (``EVICT_FIRST_MIN_BYTES`` .. ``EVICT_FIRST_MAX_BYTES``) against data."""
+    from fused_qkv.core import plan
+    from fused_qkv.torch_api.op import clear_caches
 
-    def measure(sname, shape, T, inp, fn, reps, per_graph, nbytes):
+    def measure(sname, shape, T, inp, fn, reps, per_graph, nbytes, copy_bw):
         times = {False: [], True: []}
-        try:
-            for _ in range(3):
-                for stream in (False, True):
-                    spec.STREAM_OVERRIDE = stream
-                    top.clear_caches()
-                    times[stream].append(graph_time_us(fn, reps, per_graph))
-        finally:
-            spec.STREAM_OVERRIDE = None
+        for _ in range(3):
+            for hints in (False, True):
+                with plan.evict_first_override(hints):
+                    clear_caches()
+                    times[hints].append(graph_time_us(fn, reps, per_graph))
         off, on = (float(np.median(times[k])) for k in (False, True))
         qkv_bytes = inp["qkv"].numel() * inp["qkv"].element_size()
-        default = spec.streams(T, qkv_bytes // max(T, 1), "cuda")
+        default = plan.evict_first(T, qkv_bytes // max(T, 1), "cuda")
         print(f"{sname} T={T}: hints off {off:.2f} us, on {on:.2f} us (on/off {on / off:.3f}); the default for "
               f"this size: {'on' if default else 'off'}", flush=True)
         return dict(shape=sname, T=T, off_us=times[False], on_us=times[True], default_on=default)
@@ -623,7 +586,7 @@ def _unfused_q(batch, cfg, with_jax):
     """(name, q as float64) of each unfused chain, on the demo batch (bf16 activations, a scratch cache)."""
     import torch
     from fused_qkv.bench import demo
-    from fused_qkv.torch_api.reference import unfused
+    from fused_qkv.torch_api.unfused import unfused
 
     t = {k: torch.from_numpy(v) for k, v in batch.items() if k not in ("k_scale", "v_scale")}
     for k in ("qkv", "q_weight", "k_weight"):
@@ -635,7 +598,7 @@ def _unfused_q(batch, cfg, with_jax):
         return
     try:
         import jax.numpy as jnp
-        from fused_qkv.jax_api.reference import unfused as junfused
+        from fused_qkv.jax_api.unfused import unfused as junfused
     except ImportError:
         return
     j = {k: jnp.asarray(v) for k, v in batch.items() if k not in ("k_scale", "v_scale")}

@@ -1,23 +1,25 @@
-"""fused_qkv.core: the kernel, the framework-free launch spec and validation, the float64 oracle.
+"""fused_qkv.core: the kernel, the framework-free launch plan and validation, the float64 oracle.
 
 Frontends (``fused_qkv.torch_api``, ``fused_qkv.jax_api``) depend on this package; it
 depends on neither. Importing it needs only NumPy; ``get_kernel`` needs Triton.
 """
 
+from .config import OpConfig, config_from_values, tensor_parallel_columns
+from .frontend import plan_for, rocm_target, warp_size
 from .indices import check_indices, index_checks_requested
 from .oracle import OracleResult, format_quantum, reference, round_to_format, rounding_error
-from .spec import (
+from .plan import (
+    ARRAY_NAMES,
     FP8_FORMATS,
     INPUT_NAMES,
     OUTPUT_NAMES,
+    REQUIRED_ARRAYS,
     SCALAR_NAMES,
     ArrayInfo,
     LaunchPlan,
-    check_config,
     check_layer,
     ordered_args,
     plan_launch,
-    tensor_parallel_columns,
 )
 
 
@@ -36,8 +38,8 @@ def launch_on_host(plan, inputs, outputs):
 
 
 __all__ = [
-    "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OracleResult", "SCALAR_NAMES",
-    "check_config", "check_indices", "check_layer", "format_quantum", "get_kernel", "index_checks_requested",
-    "launch_on_host", "ordered_args", "plan_launch", "reference", "round_to_format", "rounding_error",
-    "tensor_parallel_columns",
+    "ARRAY_NAMES", "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OpConfig", "OracleResult",
+    "REQUIRED_ARRAYS", "SCALAR_NAMES", "check_indices", "check_layer", "config_from_values", "format_quantum",
+    "get_kernel", "index_checks_requested", "launch_on_host", "ordered_args", "plan_for", "plan_launch", "reference",
+    "rocm_target", "round_to_format", "rounding_error", "tensor_parallel_columns", "warp_size",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from .spec import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, LaunchPlan
+from .plan import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, LaunchPlan
 
 _TRITON_DTYPES = {
     "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64",
@@ -51,7 +51,7 @@ def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
     """The same specialisation as ``target`` would launch it: its own tile heuristics, hardware fp8 casts."""
     import dataclasses
 
-    from .spec import choose_tiles
+    from .plan import choose_tiles
 
     warp = TARGETS[target][2]
     block_t, num_warps = choose_tiles(plan.num_tokens, plan.constexprs["BLOCK_D"], target, warp)

@@ -4,14 +4,14 @@ This module is the single kernel source for every frontend. It is imported twice
 normally (``@triton.jit`` -> compiled on a GPU) and, for CPU tensors, a second time
 under Triton's interpreter (see ``fused_qkv.core.launch.interpreted_kernel``).
 
-Argument order (fixed; both frontends rely on it, see ``spec.INPUT_NAMES`` etc.):
+Argument order (fixed; both frontends rely on it, see ``plan.INPUT_NAMES`` etc.):
 
-1. input pointers   (``spec.INPUT_NAMES``)
-2. runtime scalars  (``spec.SCALAR_NAMES``)
-3. output pointers  (``spec.OUTPUT_NAMES``) -- jax-triton appends one pointer per
+1. input pointers   (``plan.INPUT_NAMES``)
+2. runtime scalars  (``plan.SCALAR_NAMES``)
+3. output pointers  (``plan.OUTPUT_NAMES``) -- jax-triton appends one pointer per
    output, aliased outputs included; the torch binding passes the cache tensors
    both as ``key_cache_in`` and as ``key_cache`` (never read through ``*_in``).
-4. constexprs       (``spec.LaunchPlan.constexprs``), passed by keyword.
+4. constexprs       (``plan.LaunchPlan.constexprs``), passed by keyword.
 
 Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the
 token block ``pid // NUM_HEAD_PROGS`` and the head ``pid % NUM_HEAD_PROGS`` of the
@@ -93,18 +93,18 @@ def _fp8_bits(r, MBITS: tl.constexpr, EMIN: tl.constexpr):
 
 
 @triton.jit
-def _load_once(ptr, mask, STREAM: tl.constexpr):
-    """Load qkv data this kernel reads once; STREAM: evict-first in L2 (see ``spec.streams``)."""
-    if STREAM:
+def _load_once(ptr, mask, EVICT: tl.constexpr):
+    """Load qkv data this kernel reads once; EVICT: mark it evict-first in L2 (see ``plan.evict_first``)."""
+    if EVICT:
         return tl.load(ptr, mask=mask, other=0.0, eviction_policy="evict_first")
     else:
         return tl.load(ptr, mask=mask, other=0.0)
 
 
 @triton.jit
-def _store_once(ptr, x, mask, STREAM: tl.constexpr):
-    """Store an output or cache value; STREAM: evict-first in L2 (see ``spec.streams``)."""
-    if STREAM:
+def _store_once(ptr, x, mask, EVICT: tl.constexpr):
+    """Store an output or cache value; EVICT: evict-first in L2 (see ``plan.evict_first``)."""
+    if EVICT:
         tl.store(ptr, x, mask=mask, eviction_policy="evict_first")
     else:
         tl.store(ptr, x, mask=mask)
@@ -112,14 +112,14 @@ def _store_once(ptr, x, mask, STREAM: tl.constexpr):
 
 @triton.jit
 def _store_converted(ptr, x, mask, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr, HW_CAST: tl.constexpr, STREAM: tl.constexpr):
+                     MAXV: tl.constexpr, SOFT_FP8: tl.constexpr, HW_CAST: tl.constexpr, EVICT: tl.constexpr):
     """Store fp32 ``x`` as ``OUT_DTYPE``. SOFT_FP8: encode fp8 bits in integer arithmetic (used only under
     Triton's interpreter, which has no float8_e4m3fnuz type); otherwise the target's own exact cast."""
     if SOFT_FP8:
         bits = _fp8_bits(_round_fp8(x, MBITS, EMIN, MAXV), MBITS, EMIN)
         tl.store(ptr.to(tl.pointer_type(tl.uint8), bitcast=True), bits, mask=mask)
     else:
-        _store_once(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV, HW_CAST), mask, STREAM)
+        _store_once(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV, HW_CAST), mask, EVICT)
 
 
 @triton.jit
@@ -146,13 +146,13 @@ def _store_head(
     a_offs, b_offs, p_offs, half_mask, pass_mask,
     HAS_PASS: tl.constexpr,
     OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr, SOFT_FP8: tl.constexpr,
-    HW_CAST: tl.constexpr, STREAM: tl.constexpr,
+    HW_CAST: tl.constexpr, EVICT: tl.constexpr,
 ):
-    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, STREAM)
-    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, STREAM)
+    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, EVICT)
+    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, EVICT)
     if HAS_PASS:
         _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST,
-                         STREAM)
+                         EVICT)
 
 
 @triton.jit
@@ -161,7 +161,7 @@ def _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_ST
 
     Split from ``_slot_base`` so that a program issues this load with its other loads and does the arithmetic
     later: arithmetic right after the load stalls every load behind it (with int32 indices, ptxas kept that
-    order; bench/NOTES.md version 6, tests/test_load_order.py)."""
+    order; tests/test_load_order.py)."""
     return tl.load(slot_mapping_ptr + tok64 * SLOT_STRIDE, mask=tok_mask & (tok < num_slot_entries), other=-1)
 
 
@@ -189,19 +189,19 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
                     HEAD_DIM: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
                     OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
                     SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_PASS: tl.constexpr, STREAM: tl.constexpr):
+                    BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr):
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
     channel groups once, RMSNorm (if HAS_NORM), rotate. Returns fp32 (A, B, P) after RoPE."""
     ld_half = row_mask & half_mask
-    a = _load_once(src + a_offs, ld_half, STREAM)
-    b = _load_once(src + b_offs, ld_half, STREAM)
+    a = _load_once(src + a_offs, ld_half, EVICT)
+    b = _load_once(src + b_offs, ld_half, EVICT)
     if HAS_PASS:
-        p = _load_once(src + p_offs, row_mask & pass_mask, STREAM).to(tl.float32)
+        p = _load_once(src + p_offs, row_mask & pass_mask, EVICT).to(tl.float32)
     else:
         p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
     # rotary table rows: clamp(position + offset, 0, rows - 1). Positions are clamped in their own dtype (the sum
-    # with offsets in int64) and widened after: int64 arithmetic on int32 positions cost 16-token programs 4
-    # registers on sm_90 (44 against 40: 10 instead of 12 programs per SM; bench/NOTES.md version 7).
+    # with offsets in int64) and widened after: int64 arithmetic on int32 positions costs registers, hence
+    # occupancy, in the 16-token programs (tests/test_load_order.py checks the count).
     pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0)
     if HAS_OFFSETS:
         pos = pos.to(tl.int64) + tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
@@ -228,12 +228,12 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
 
 @triton.jit
 def fused_qkv_split_qk_norm_rope_cache_kernel(
-    # ---- 1. input pointers (spec.INPUT_NAMES) ----
+    # ---- 1. input pointers (plan.INPUT_NAMES) ----
     qkv_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr,
     slot_mapping_ptr, k_scale_ptr, v_scale_ptr, layer_ptr, key_cache_in_ptr, value_cache_in_ptr,
-    # ---- 2. runtime scalars (spec.SCALAR_NAMES) ----
+    # ---- 2. runtime scalars (plan.SCALAR_NAMES) ----
     num_tokens, num_slot_entries, num_cache_slots, num_table_rows, eps, norm_weight_offset,
-    # ---- 3. output pointers (spec.OUTPUT_NAMES) ----
+    # ---- 3. output pointers (plan.OUTPUT_NAMES) ----
     q_out_ptr, gate_out_ptr, k_out_ptr, v_out_ptr, key_cache_ptr, value_cache_ptr,
     # ---- 4. constexprs ----
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -262,7 +262,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     HAS_PASS: tl.constexpr,
     HW_CAST: tl.constexpr,  # compiled code: the target's casts round to nearest-even (see _to_storage)
     TOKENS_MULT16: tl.constexpr, SLOTS_MULT16: tl.constexpr,  # num_tokens / num_slot_entries % 16 == 0
-    STREAM: tl.constexpr,  # large calls: evict-first hints on the data touched once (spec.streams)
+    EVICT_FIRST: tl.constexpr,  # large calls: evict-first hints on the data touched once (plan.evict_first)
 ):
     if K_SOFT_FP8:
         key_cache_ptr = key_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
@@ -274,7 +274,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
 
     # Triton's own launcher tells the compiler which integer arguments are multiples of 16; jax-triton does not.
     # The plan knows, and says it here for both frontends: a token tile's mask is then uniform, so its positions
-    # and slots load as one vector (S2 at T=16: 1.59 against 1.99 us, bench/NOTES.md version 4).
+    # and slots load as one vector (docs/performance.md).
     if TOKENS_MULT16:
         num_tokens = num_tokens // 16 * 16
     if SLOTS_MULT16:
@@ -308,10 +308,10 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                 i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
                 POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
-                BLOCK_T, BLOCK_PASS, STREAM)
+                BLOCK_T, BLOCK_PASS, EVICT_FIRST)
             q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
             _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                        HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, STREAM)
+                        HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
         else:
             kh = head - NUM_Q_HEADS
             slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
@@ -322,13 +322,13 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                 i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
                 POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
-                BLOCK_T, BLOCK_PASS, STREAM)
+                BLOCK_T, BLOCK_PASS, EVICT_FIRST)
             slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                             KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
             if RETURN_KV:
                 k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
                 _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                            HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, STREAM)
+                            HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
             cache_off = slot_base + kh * KC_HEAD_STRIDE
             if K_SCALE_MODE != 0:
                 a_rot = a_rot / ks
@@ -336,34 +336,34 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 p = p / ks
             _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
                         a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
-                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, STREAM)
+                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
     elif head < V_END:
         # ---------------- V head: copy + cache write ----------------
         vh = head - K_END
-        x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, STREAM)  # V head
+        x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, EVICT_FIRST)  # V head
         slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
         if V_SCALE_MODE != 0:
             vs = tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
         if RETURN_KV:
             v_dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
-            _store_once(v_dst + d[None, :], x, row_mask & d_mask, STREAM)
+            _store_once(v_dst + d[None, :], x, row_mask & d_mask, EVICT_FIRST)
         slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                         VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
         cache_off = slot_base + vh * VC_HEAD_STRIDE
         cache_dtype = value_cache_ptr.dtype.element_ty
         vc_dst = value_cache_ptr + cache_off[:, None] + d[None, :]
         if V_SCALE_MODE == 0 and V_MBITS == 0:
-            _store_once(vc_dst, x.to(cache_dtype), slot_ok[:, None] & d_mask, STREAM)  # same dtype: exact copy
+            _store_once(vc_dst, x.to(cache_dtype), slot_ok[:, None] & d_mask, EVICT_FIRST)  # same dtype: exact copy
         else:
             xf = x.to(tl.float32)
             if V_SCALE_MODE != 0:
                 xf = xf / vs
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,
-                             V_SOFT_FP8, HW_CAST, STREAM)
+                             V_SOFT_FP8, HW_CAST, EVICT_FIRST)
     else:
         if HAS_GATE:
             # ---------------- gate head: plain copy ----------------
             g = head - V_END
-            gx = _load_once(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], row_mask & d_mask, STREAM)
+            gx = _load_once(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], row_mask & d_mask, EVICT_FIRST)
             g_dst = gate_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + g * HEAD_DIM)[:, None]
-            _store_once(g_dst + d[None, :], gx, row_mask & d_mask, STREAM)
+            _store_once(g_dst + d[None, :], gx, row_mask & d_mask, EVICT_FIRST)

@@ -105,12 +105,12 @@ def _triton_dtype(name: str):
 def launch_on_host(plan, inputs, outputs) -> None:
     """Run the interpreted kernel over NumPy arrays (``None`` for absent optional arguments).
 
-    ``inputs``/``outputs`` map the names of ``spec.INPUT_NAMES``/``spec.OUTPUT_NAMES`` to arrays;
+    ``inputs``/``outputs`` map the names of ``plan.INPUT_NAMES``/``plan.OUTPUT_NAMES`` to arrays;
     outputs must be writable and C-contiguous. Used by frontends whose CPU arrays are not torch tensors.
     """
     import numpy as np
 
-    from .spec import ordered_args
+    from .plan import ordered_args
 
     def wrap(a):
         if a is None:

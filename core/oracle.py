@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .spec import FP8_FORMATS
+from .plan import FP8_FORMATS
 
 # (explicit mantissa bits, minimum normal exponent, largest finite value, saturates)
 _FORMATS = {

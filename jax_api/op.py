@@ -4,6 +4,7 @@ GPU: the compiled kernel through ``jax_triton.triton_call``, the caches as alias
 input/output pairs, so under ``jax.jit(..., donate_argnames=("key_cache", "value_cache"))``
 the update happens in place. CPU: the same kernel under Triton's interpreter, through
 ``jax.pure_callback`` (works inside jit, scan and vmap; the caches are copied there).
+Validation and the launch plan are the core's (``fused_qkv.core.plan_for``), as in the torch frontend.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from fused_qkv.core import (
+    ARRAY_NAMES,
     INPUT_NAMES,
     OUTPUT_NAMES,
+    REQUIRED_ARRAYS,
+    SCALAR_NAMES,
     ArrayInfo,
-    check_config,
+    OpConfig,
     check_layer,
     get_kernel,
     launch_on_host,
-    plan_launch,
+    plan_for,
+    rocm_target,
 )
 from fused_qkv.core import indices as _indices
 
@@ -108,9 +113,29 @@ def _target(platform: str) -> str:
     if platform in ("gpu", "cuda"):
         return "cuda"
     if platform == "rocm":
-        kind = jax.devices()[0].device_kind.lower()
-        return "hip:gfx950" if "mi35" in kind else "hip:gfx942"
+        try:
+            from jax._src.lib import gpu_triton
+        except ImportError as exc:
+            raise ValueError("qkv is on a ROCm device, but this jaxlib has no Triton support") from exc
+        return rocm_target(gpu_triton.get_arch_details("0"))
     raise ValueError(f"unsupported JAX backend {platform!r}: expected cpu, cuda or rocm")
+
+
+def _layer_spec(layer):
+    """(what the plan is told, the int32 [1] array the kernel reads) for ``layer``."""
+    if layer is None:
+        return None, None
+    if isinstance(layer, bool) or not isinstance(layer, (int, jax.Array, np.ndarray, np.integer)) and not \
+            hasattr(layer, "aval"):
+        raise TypeError(f"layer must be None, an int or an integer scalar array, got {type(layer).__name__}")
+    if isinstance(layer, (int, np.integer)):
+        spec = int(layer)
+    else:
+        if jnp.ndim(layer) != 0 or not jnp.issubdtype(jnp.result_type(layer), jnp.integer):
+            raise TypeError(f"layer must be an integer scalar, got shape {jnp.shape(layer)} dtype "
+                            f"{jnp.result_type(layer)}")
+        spec = "dynamic"
+    return spec, jnp.asarray(layer, dtype=jnp.int32).reshape(1)
 
 
 def fused_qkv_split_qk_norm_rope_cache(
@@ -122,25 +147,44 @@ def fused_qkv_split_qk_norm_rope_cache(
 ) -> FusedQKVJaxOutput:
     """Split a packed QKV projection, RMS-normalise Q and K per head, apply RoPE, write K/V to a paged cache.
 
-    The same contract and arguments as :func:`fused_qkv.torch_api.fused_qkv_split_qk_norm_rope_cache`
-    (shapes, dtypes, layouts: see its docstring), but functional: the updated caches are returned.
+    Functional: the updated caches are returned. One kernel launch, no host synchronisation. On GPU the kernel runs
+    through ``jax_triton.triton_call`` with each cache aliased to its output, so under
+    ``jax.jit(step, donate_argnames=("key_cache", "value_cache"))`` the write happens in place (without donation
+    XLA copies the whole cache on every call). On CPU the same kernel runs under Triton's interpreter inside a
+    ``jax.pure_callback`` (jit, scan, vmap and shard_map work; the caches are copied there). All keyword
+    arguments except the arrays and ``layer`` are static Python values.
 
-    Call it inside your own ``jax.jit`` and donate the caches there, e.g.
-    ``jax.jit(step, donate_argnames=("key_cache", "value_cache"))``: on GPU the write then happens in place
-    (without donation XLA copies the whole cache on every call). All keyword arguments except ``layer`` are
-    static (Python values); ``layer`` may be a Python int or a traced integer scalar.
+    Shapes (``T`` tokens, ``QH = num_q_heads``, ``KVH = num_kv_heads``, ``D = head_dim``, ``R = rotary_dim``):
 
     Args:
-        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + 2 * KVH) * D]`` float16/bfloat16/float32.
-        q_weight, k_weight: ``[D]`` RMSNorm weights, or None (no norm).
-        cos, sin: ``[P, rotary_dim/2]`` or ``[P, rotary_dim]`` float32/bfloat16/float16.
-        positions: ``[T]`` int32/int64 (clamped to ``[0, P)``); offsets: optional ``[T]`` int32/int64.
-        key_cache, value_cache: ``[num_blocks, block_size, KVH, D]`` ("NHD") or ``[num_blocks, KVH, block_size,
-            D]`` ("HND"), optionally with a leading layer axis ``[L, ...]`` (then ``layer`` selects the slice,
-            inside the kernel: a scan over layers carrying the stacked cache never copies it); dtype: the input
-            dtype or float8_e4m3fn/float8_e5m2 (CUDA) / float8_e4m3fnuz (ROCm gfx942, CPU).
-        slot_mapping: ``[S <= T]`` int32/int64; negative, out-of-range or missing slots write nothing.
+        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + 2 * KVH) * D]``, float16/bfloat16/float32. Column
+            layout: Q heads (with gates, see ``gated_qkv_layout``), then K heads, then V heads.
+        q_weight, k_weight: ``[D]`` RMSNorm weights (float16/bfloat16/float32), or None for no norm of Q / K.
+        cos, sin: ``[P, R/2]`` half tables or ``[P, R]`` full tables as Hugging Face builds them (NeoX halves
+            repeated, GPT-J entries repeated twice; one copy is read), float32/bfloat16/float16.
+        positions: ``[T]`` int32/int64, the table row of each token (plus ``offsets``); values outside
+            ``[0, P)`` are clamped to the nearest row.
+        key_cache, value_cache: paged caches, ``kv_cache_layout="NHD"``: ``[num_blocks, block_size, KVH, D]``
+            (vLLM); ``"HND"``: ``[num_blocks, KVH, block_size, D]``; optionally with a leading layer axis
+            ``[L, ...]`` (then ``layer`` selects the slice inside the kernel, so a scan over layers carrying the
+            stacked cache never copies it). dtype: the input dtype, or float8_e4m3fn/float8_e5m2 (CUDA, gfx950,
+            CPU) / float8_e4m3fnuz (ROCm gfx942, CPU); fp8 values round to nearest-even and saturate.
+        slot_mapping: ``[S]`` int32/int64 with ``S <= T``; token ``t`` goes to slot ``slot_mapping[t] = block *
+            block_size + offset``. Tokens with ``t >= S``, a negative slot or a slot ``>= num_blocks *
+            block_size`` get no cache write.
+        num_q_heads, num_kv_heads, head_dim: head counts (``QH % KVH == 0``) and ``16 <= D <= 512``.
+        eps: RMSNorm epsilon: ``x * rsqrt(mean(x^2) + eps) * (weight + norm_weight_offset)`` in float32.
+        norm_weight_offset: ``0.0`` plain gamma (Qwen3, Llama); ``1.0`` zero-centred gamma (Gemma3, Qwen3-Next).
+        is_neox: NeoX pairing (channel ``i`` with ``i + R/2``) if True, GPT-J (``2i`` with ``2i+1``) if False.
+        rotary_dim: ``R``, even, ``<= D``; the first ``R`` channels rotate, the rest pass through. Default ``D``.
+        offsets: optional ``[T]`` int32/int64 added to ``positions``.
+        attn_output_gate: the Q block holds a gate per Q head (Qwen3-Next).
+        gated_qkv_layout: ``"interleaved"`` (per head ``[q_h | gate_h]``) or ``"blocked"`` (all Q then all gates).
         k_scale, v_scale: optional float32 ``[1]`` or ``[KVH]``; the caches hold ``k / k_scale``, ``v / v_scale``.
+        kv_cache_layout: ``"NHD"`` or ``"HND"`` (above).
+        return_kv: return k and v (False: they only go to the caches).
+        layer: a Python int or a traced integer scalar indexing the caches' leading layer axis; None for 4-D
+            caches.
         check_indices: development aid. ``True`` checks ``positions`` (plus ``offsets``) against the table and
             ``slot_mapping`` against the cache on the host and raises ``ValueError`` naming the first bad entry and
             its value (slots ``>= num_blocks * block_size`` or negative other than ``-1``). Concrete arrays are
@@ -149,53 +193,29 @@ def fused_qkv_split_qk_norm_rope_cache(
             ``jax.errors.JaxRuntimeError`` whose message carries it. It synchronises. ``None`` (default): on if
             ``FUSED_QKV_CHECK_INDICES=1`` is set, else off.
 
+    Returns:
+        :class:`FusedQKVJaxOutput` ``(q, gate, k, v, key_cache, value_cache)``: ``q [T, QH, D]`` and ``k, v
+        [T, KVH, D]`` in the input dtype (k/v before scaling, None with ``return_kv=False``), ``gate [T, QH, D]``
+        a copy or None, and the updated caches (same shape and dtype as given). Every value is computed in fp32
+        and rounded once to its storage dtype.
+
     Raises:
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout or value; a float64 (or
         other 64-bit non-index) array given with ``jax_enable_x64`` off is reported under its own name rather than
         silently narrowed.
-
-    Returns:
-        :class:`FusedQKVJaxOutput` ``(q, gate, k, v, key_cache, value_cache)``.
     """
-    check_config(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
-                 norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
-                 attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
-                 kv_cache_layout=kv_cache_layout, return_kv=return_kv)
-    required = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
-    raw = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
-               offsets=offsets, slot_mapping=slot_mapping, k_scale=k_scale, v_scale=v_scale,
-               key_cache=key_cache, value_cache=value_cache)
-    arrays = {name: _as_array(x, name, name in required) for name, x in raw.items()}
-
-    # layer: Python int (checked here) or a traced integer scalar; passed to the kernel as an int32 array
-    layer_arr, layer_spec = None, None
-    if layer is not None:
-        if isinstance(layer, bool) or not isinstance(layer, (int, jax.Array, np.ndarray, np.integer)) and not \
-                hasattr(layer, "aval"):
-            raise TypeError(f"layer must be None, an int or an integer scalar array, got {type(layer).__name__}")
-        if isinstance(layer, (int, np.integer)):
-            layer_spec = int(layer)
-        else:
-            if jnp.ndim(layer) != 0 or not jnp.issubdtype(jnp.result_type(layer), jnp.integer):
-                raise TypeError(f"layer must be an integer scalar, got shape {jnp.shape(layer)} dtype "
-                                f"{jnp.result_type(layer)}")
-            layer_spec = "dynamic"
-        check_layer(tuple(arrays["key_cache"].shape), layer_spec)
-        layer_arr = jnp.asarray(layer, dtype=jnp.int32).reshape(1)
-    else:
-        check_layer(tuple(arrays["key_cache"].shape), None)
-
-    platform = _platform(arrays["qkv"])
-    target = _target(platform)
-    plan = plan_launch(
-        _info(arrays["qkv"]), _info(arrays["q_weight"]), _info(arrays["k_weight"]), _info(arrays["cos"]),
-        _info(arrays["sin"]), _info(arrays["positions"]), _info(arrays["key_cache"]), _info(arrays["value_cache"]),
-        _info(arrays["slot_mapping"]), num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        eps=eps, norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
-        offsets=_info(arrays["offsets"]), attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
-        k_scale=_info(arrays["k_scale"]), v_scale=_info(arrays["v_scale"]), kv_cache_layout=kv_cache_layout,
-        return_kv=return_kv, layer=layer_spec, target=target, warp_size=64 if target.startswith("hip") else 32)
-
+    config = OpConfig(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+                      norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
+                      attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
+                      kv_cache_layout=kv_cache_layout, return_kv=return_kv)
+    given = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
+                 key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
+                 k_scale=k_scale, v_scale=v_scale)
+    arrays = {name: _as_array(given[name], name, name in REQUIRED_ARRAYS) for name in ARRAY_NAMES}
+    layer_spec, layer_arr = _layer_spec(layer)
+    check_layer(tuple(arrays["key_cache"].shape), layer_spec)
+    target = _target(_platform(arrays["qkv"]))
+    plan = plan_for({n: _info(a) for n, a in arrays.items()}, config, layer_spec, target)
     if _indices.index_checks_requested(check_indices):
         _check_indices(arrays, plan)
 
@@ -264,9 +284,7 @@ def _run_triton_call(plan, inputs, present, out_structs, cache_structs):
     # the constexpr flags switch their use off)
     dummy_in = jnp.zeros((1,), jnp.float32)
     array_args = [inputs[n] if inputs[n] is not None else dummy_in for n in INPUT_NAMES]
-    scalars = [np.float32(v) if isinstance(v, float) else v for v in
-               (plan.scalars[n] for n in ("num_tokens", "num_slot_entries", "num_cache_slots", "num_table_rows",
-                                          "eps", "norm_weight_offset"))]
+    scalars = [np.float32(v) if isinstance(v, float) else v for v in (plan.scalars[n] for n in SCALAR_NAMES)]
     out_shape = [out_structs.get(n, jax.ShapeDtypeStruct((1,), jnp.float32)) for n in ("q", "gate", "k", "v")]
     out_shape += [cache_structs["key_cache"], cache_structs["value_cache"]]
     # input_output_aliases keys count array arguments only (the scalars are not counted)

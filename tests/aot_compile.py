@@ -9,7 +9,7 @@ import pickle
 import sys
 
 from fused_qkv.core.aot import compile_for, jax_pointer_dtypes, retarget
-from fused_qkv.core.spec import TARGET_FP8
+from fused_qkv.core.plan import TARGET_FP8
 
 
 def main(path, target):

@@ -7,13 +7,14 @@ interpreter; ``cuda`` runs the compiled kernel on the GPU and also collects ``te
 import os
 import sys
 
+import pytest
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 
 DEVICE = os.environ.get("FUSED_QKV_TEST_DEVICE", "cpu")
 
-# fp8 cache dtypes the device's target stores (see fused_qkv.core.spec.TARGET_FP8)
+# fp8 cache dtypes the device's target stores (see fused_qkv.core.plan.TARGET_FP8)
 FP8_ON_DEVICE = (["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"] if DEVICE == "cpu"
                  else ["float8_e4m3fn", "float8_e5m2"])
 
@@ -42,10 +43,9 @@ def _record_plan(plan, target):
     RECORDED_PLANS.setdefault(key, plan)
 
 
-def _install_recorder():
-    from fused_qkv.core.spec import add_plan_observer
+@pytest.fixture(autouse=True, scope="session")
+def _record_every_plan():
+    from fused_qkv.core.plan import recording_plans
 
-    add_plan_observer(_record_plan)
-
-
-_install_recorder()
+    with recording_plans(_record_plan):
+        yield

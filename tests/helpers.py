@@ -182,18 +182,25 @@ def make_inputs(case: Case, device="cpu"):
     return args, kwargs
 
 
-def plan_for(case: Case):
-    """The launch plan the torch frontend makes for this case on an sm_90 GPU (for ahead-of-time compiles)."""
-    from fused_qkv.torch_api.op import _plan, _select_layer
+def split_kwargs(kwargs: dict):
+    """(OpConfig, array keyword arguments, layer) of a case's keyword arguments."""
+    from fused_qkv.core import OpConfig
+    from fused_qkv.core.config import FIELDS
+
+    config = OpConfig(**{k: v for k, v in kwargs.items() if k in FIELDS})
+    arrays = {k: kwargs.get(k) for k in ("offsets", "k_scale", "v_scale")}
+    return config, arrays, kwargs.get("layer")
+
+
+def plan_for(case: Case, target: str = "cuda"):
+    """The launch plan the torch frontend makes for this case on ``target`` (white-box: ``op.plan_call``, for
+    ahead-of-time compiles of exactly what the frontend launches)."""
+    from fused_qkv.torch_api.op import _select_layer, plan_call
 
     args, kw = make_inputs(case)
-    kc, vc = _select_layer(args["key_cache"], args["value_cache"], kw.get("layer"))
-    plan, _ = _plan(args["qkv"], args["q_weight"], args["k_weight"], args["cos"], args["sin"], args["positions"],
-                    kc, vc, args["slot_mapping"], kw["num_q_heads"],
-                    kw["num_kv_heads"], kw["head_dim"], kw.get("eps", 1e-6), kw.get("norm_weight_offset", 0.0),
-                    kw.get("is_neox", True), kw.get("rotary_dim"), kw.get("offsets"), kw.get("attn_output_gate", False),
-                    kw.get("gated_qkv_layout", "interleaved"), kw.get("k_scale"), kw.get("v_scale"),
-                    kw.get("kv_cache_layout", "NHD"), kw.get("return_kv", True), with_ptr=False, target="cuda")
+    config, optional, layer = split_kwargs(kw)
+    kc, vc = _select_layer(args["key_cache"], args["value_cache"], layer)
+    plan, _ = plan_call(dict(args, key_cache=kc, value_cache=vc, **optional), config, target=target)
     return plan
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's CPU path and byte model (the timings themselves run only on a GPU: bench/NOTES.md)."""
+"""The benchmark's CPU path and byte model (the timings themselves run only on a GPU: docs/performance.md)."""
 
 from fused_qkv.bench.bench import SHAPES, min_bytes
 
@@ -46,30 +46,35 @@ def test_table_has_a_value_under_every_heading(capsys, tmp_path):
 
 def test_sweeps_record_every_case_and_leave_no_override(monkeypatch, tmp_path):
     """``--sweep`` and ``--sweep-stream`` with the timing faked (no GPU): one record per shape and size, the
-    overrides they force seen by the timed calls, and cleared afterwards."""
+    overrides they force seen by the plans of the timed calls, and gone afterwards."""
     import json
 
     import torch
     from fused_qkv.bench import bench
-    from fused_qkv.core import spec
+    from fused_qkv.core import plan
 
     seen = []
 
-    def fake_time(fn, reps, per_graph):
-        seen.append((spec.TILE_OVERRIDE, spec.STREAM_OVERRIDE))
+    def fake_time(fn, reps, per_graph):  # what a GPU plan would use now: tiles and hints
+        seen.append((plan.choose_tiles(4096, 128, "cuda"), plan.evict_first(4096, 12288, "cuda")))
         return 10.0 + len(seen)
 
+    default = (plan.choose_tiles(4096, 128, "cuda"), plan.evict_first(4096, 12288, "cuda"))
     monkeypatch.setattr(bench, "torch_inputs", lambda shape, T: {"qkv": torch.ones(T, 8, dtype=torch.bfloat16)})
     monkeypatch.setattr(bench, "torch_impls", lambda shape, inp: {"fused_torch": None})
     monkeypatch.setattr(bench, "graph_time_us", fake_time)
+    monkeypatch.setattr(bench, "copy_bandwidth_gbps", lambda: 4000.0)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     bench.sweep_stream(["S1", "S2"], [16, 4096], tmp_path)
-    records = json.loads((tmp_path / "sweep_stream.json").read_text())
-    assert [(r["shape"], r["T"], len(r["off_us"]), len(r["on_us"])) for r in records] == \
+    result = json.loads((tmp_path / "sweep_stream.json").read_text())
+    assert result["copy_bandwidth_gbps"] == 4000.0
+    assert [(r["shape"], r["T"], len(r["off_us"]), len(r["on_us"])) for r in result["results"]] == \
         [("S1", 16, 3, 3), ("S1", 4096, 3, 3), ("S2", 16, 3, 3), ("S2", 4096, 3, 3)]
-    assert {s for _, s in seen} == {False, True} and spec.STREAM_OVERRIDE is None
+    assert {hints for _, hints in seen} == {False, True}
+    assert (plan.choose_tiles(4096, 128, "cuda"), plan.evict_first(4096, 12288, "cuda")) == default
     seen.clear()
     bench.sweep(["S1"], [16], tmp_path)
-    (record,) = json.loads((tmp_path / "sweep.json").read_text())
-    assert len(record["timings"]) == len(seen) - 1 and seen[-1] == (None, None)  # the last: the default tiles
-    assert all(tile is not None for tile, _ in seen[:-1]) and spec.TILE_OVERRIDE is None
+    (record,) = json.loads((tmp_path / "sweep.json").read_text())["results"]
+    assert len(record["timings"]) == len(seen) - 1 and seen[-1] == default  # the last: the default tiles
+    assert {tiles for tiles, _ in seen[:-1]} == {(t["block_t"], t["num_warps"]) for t in record["timings"]}
+    assert (plan.choose_tiles(4096, 128, "cuda"), plan.evict_first(4096, 12288, "cuda")) == default

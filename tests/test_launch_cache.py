@@ -1,12 +1,12 @@
 """The torch frontend's direct launch of cached compiled kernels (GPU only) keys its cache on
-``_specialisation_bits``. Triton compiles a different kernel whenever its own specialisation of the runtime
+``fast_path.specialisation_bits``. Triton compiles a different kernel whenever its own specialisation of the runtime
 arguments differs, so the two must separate exactly the same arguments. Checked here against Triton's
 specialisation function for the CUDA backend, on a CPU."""
 
 import itertools
 
 import torch
-from fused_qkv.torch_api.op import _specialisation_bits
+from fused_qkv.torch_api.fast_path import specialisation_bits as _specialisation_bits
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
@@ -51,6 +51,7 @@ def test_fast_path_passes_the_arguments_the_checked_path_passes(monkeypatch):
     import dataclasses
 
     import pytest
+    from fused_qkv.torch_api import fast_path, native
     from fused_qkv.torch_api import op as op_module
     from helpers import Case, make_inputs
 
@@ -60,10 +61,10 @@ def test_fast_path_passes_the_arguments_the_checked_path_passes(monkeypatch):
         checked.append(list(args))
         return fake, ["constexprs"], True
 
-    monkeypatch.setattr(op_module._native, "load", lambda **kw: None)  # the Python fast path alone
-    monkeypatch.setattr(op_module._native, "loaded", lambda: None)
+    monkeypatch.setattr(native, "load", lambda **kw: None)  # the Python fast path alone
+    monkeypatch.setattr(native, "loaded", lambda: None)
     monkeypatch.setattr(op_module, "_target", lambda device: "cuda")
-    monkeypatch.setattr(op_module, "_launch_compiled", launch_compiled)
+    monkeypatch.setattr(fast_path, "launch_compiled", launch_compiled)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # CPU tensors: device index None
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: None, raising=False)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 123, raising=False)

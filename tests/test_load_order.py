@@ -3,19 +3,14 @@ Every load of a program is meant to be in flight before the program first waits 
 norm weights, positions and slots in one trip, the rotary table rows (addressed by the positions) in the next.
 ptxas, not Triton, decides the final order, so it is checked in the sm_90 machine code compiled ahead of time on
 the CPU (Triton's own ``nvdisasm``): within each exit path of the kernel, no global load may come after the first
-warp shuffle of the norm's reduction or after the first global store.
-
-Version 5 failed this in the V-head path of every case below that returns ``v`` (its slot was loaded after ``v``
-was stored) and, at S2-like shapes with int32 indices (the JAX frontend's), in the K-head path: arithmetic on the
-loaded slot stalled the program before its qkv loads, and ptxas issued the positions and table rows after the
-reduction. That kernel took 1.88 us at S2 T=4 against 1.51 us for version 6 (bench/results/v6_compare). The 16-token
-tiles of larger calls are not held to this: there ptxas issues the table rows after the reduction, and many
-programs per SM hide the latency.
+warp shuffle of the norm's reduction or after the first global store. The cases below cover the paths where the
+order is easy to lose: a V head storing ``v`` before loading its slot, and, with int32 indices (the JAX frontend's),
+arithmetic on the loaded slot stalling a K head before its qkv loads. The 16-token tiles of larger calls are not
+held to this: there many programs per SM hide the latency.
 
 Those larger calls are bandwidth-bound, and there the number of programs resident per SM counts, which the
-registers per thread set. Integer indices must not cost registers: version 6 used 44 per thread with int32 indices
-(the JAX frontend's) against 40 with int64 for the 16-token programs of S1 and S3 (10 instead of 12 programs per SM;
-1.6-2.7 % slower at T=16384). Version 7 clamps int32 positions as int32 (bench/NOTES.md version 7).
+registers per thread set. Integer indices must not cost registers: int32 positions are clamped as int32 and
+widened after, so int32 indices use no more registers than int64 ones (docs/performance.md).
 """
 
 import dataclasses
@@ -32,7 +27,7 @@ S1 = dict(D=128, QH=32, KVH=8)
 S2 = dict(D=256, QH=16, KVH=2, rotary_dim=64, gate="interleaved", offset=1.0)
 S3 = dict(S1, cache_dtype="float8_e4m3fn", scale="tensor")
 CASES = [
-    Case(T=4, index_dtype="int32", **S2),  # its K path too failed on version 5
+    Case(T=4, index_dtype="int32", **S2),  # int32 slots: the K path must not stall on their arithmetic
     Case(T=4, index_dtype="int64", **S2),
     Case(T=1, index_dtype="int32", **S2),
     Case(T=16, index_dtype="int32", **S2),

@@ -6,6 +6,7 @@ every call it does not cover back to the checked Python path. The same path on t
 """
 
 import dataclasses
+import pathlib
 import re
 import struct
 import types
@@ -13,9 +14,12 @@ import warnings
 
 import pytest
 import torch
-from fused_qkv.torch_api import native
+from fused_qkv.core import ARRAY_NAMES, get_kernel
+from fused_qkv.torch_api import fast_path, native
 from fused_qkv.torch_api import op as op_module
 from helpers import Case, make_inputs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
@@ -60,13 +64,13 @@ def _fake_cuda(monkeypatch):
 
     def launch_compiled(plan, args, device):
         rec.checked.append(list(args))
-        tail = [plan.constexprs[n] for n in op_module.get_kernel(interpret=False).arg_names[len(args):]]
+        tail = [plan.constexprs[n] for n in get_kernel(interpret=False).arg_names[len(args):]]
         if rec.compiled is None:
             rec.compiled = _FakeCompiled(args, tail)
         return rec.compiled, tail, True
 
     monkeypatch.setattr(op_module, "_target", lambda device: "cuda")
-    monkeypatch.setattr(op_module, "_launch_compiled", launch_compiled)
+    monkeypatch.setattr(fast_path, "launch_compiled", launch_compiled)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # CPU tensors: device index None
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: None, raising=False)
     op_module.clear_caches()
@@ -112,7 +116,7 @@ def test_native_path_passes_the_parameters_tritons_launcher_would(case, faked):
     assert len(faked.checked) == 1 and not faked.compiled.python_launches, "the second call must be native"
     assert type(out) is op_module.FusedQKVOutput  # built in C++ as the public result type
     grid0, block, shared, params = native.loaded().last_recorded()
-    plan_grid = op_module._FAST[next(iter(op_module._FAST))].grid0
+    plan_grid = fast_path._FAST[next(iter(fast_path._FAST))].grid0
     assert (grid0, block, shared) == (plan_grid, 2 * 32, 96)
     assert list(params) == _expected_params(faked.checked[0], out)
     QH, KVH, D, T = case.QH, case.KVH, case.D, case.T
@@ -206,8 +210,8 @@ def test_qkv_that_requires_grad_is_not_taken_natively(faked):
     args, kwargs = make_inputs(case)
     op(**args, **kwargs)
     module = native.loaded()
-    cfg = next(iter(op_module._FAST))[12:23]  # the configuration values, as the public function passes them
-    tensors = [args.get(n) for n in op_module.TENSOR_ARGS]  # this case has no offsets or scales: None
+    cfg = next(iter(fast_path._FAST))[1]  # the configuration values, as the public function passes them
+    tensors = [args.get(n) for n in ARRAY_NAMES]  # this case has no offsets or scales: None
     assert module.call(cfg, *tensors) is not None
     tensors[0] = args["qkv"].clone().requires_grad_(True)
     assert module.call(cfg, *tensors) is None
@@ -270,10 +274,11 @@ def test_status_and_switch(monkeypatch):
     assert not native.enabled()
 
 
-def test_bench_records_the_python_fast_path_launch(faked, monkeypatch):
-    """``bench.recorded_launch`` (used by host_profile and ptx_jit) records what the Python fast path hands Triton's
-    launcher, with the native launcher skipped: the checked call's arguments, this call's outputs."""
-    from fused_qkv.bench.bench import recorded_launch
+def test_the_tools_record_the_python_fast_path_launch(faked, monkeypatch):
+    """``tools/lab.py``'s ``recorded_launch`` (used by host_profile and ptx_jit) records what the Python fast path
+    hands Triton's launcher, with the native launcher skipped: the checked call's arguments, this call's outputs."""
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
+    from lab import recorded_launch
 
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 123, raising=False)
     op = op_module.fused_qkv_split_qk_norm_rope_cache
@@ -346,3 +351,61 @@ def test_build_native_command_builds_or_finds_the_library(capsys):
     native.reset()
     assert main(["build-native"]) == 0, capsys.readouterr().err
     assert native.loaded() is not None and str(native.library_path()) in capsys.readouterr().out
+
+
+_PAGE = (6, 4, 2, 64)  # the caches of Case(): num_blocks, block_size, KVH, D
+_PAGE_STRIDES = (512, 128, 64, 1)
+
+
+@st.composite
+def _layouts(draw):
+    """qkv and the two caches as views of one buffer (element offsets, 16-byte aligned): either three contiguous
+    views placed anywhere, or K|V packed as ``both[:, 0]`` / ``both[:, 1]`` of one [num_blocks, 2, ...] block with
+    the V view shifted by up to half a block either way (legal exactly when no element is shared)."""
+    offset = st.builds(lambda block, jitter: block * 1024 + jitter, st.integers(0, 12), st.sampled_from((0, 8, 1016)))
+    qkv_at = draw(offset)
+    if draw(st.booleans()):
+        return qkv_at, (draw(offset), _PAGE_STRIDES), (draw(offset), _PAGE_STRIDES)
+    packed = (1024, 128, 64, 1)  # strides of both[:, 0] in a [6, 2, 4, 2, 64] block
+    base = draw(offset)
+    shift = draw(st.one_of(st.just(0), st.integers(-32, 32))) * 8  # 0: the legal packing
+    return qkv_at, (base, packed), (base + 512 + shift, packed)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=_layouts())
+def test_the_fast_paths_reuse_exactly_the_python_overlap_verdict(faked, layout, monkeypatch):
+    """The one overlap rule is ``plan.check_overlaps``; the native launcher and ``_FastLaunch`` only remember its
+    verdict per pointer difference. On fuzzed views of one buffer (K|V packed views among them): neither takes a call
+    the rule rejects; after the checked path accepted one, both take its repeats."""
+    from fused_qkv.core import ArrayInfo
+    from fused_qkv.core.plan import check_overlaps
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+    args, kwargs = make_inputs(Case(T=4))
+    op = op_module.fused_qkv_split_qk_norm_rope_cache
+    op(**args, **kwargs)  # separate tensors: records the plain signature
+    buf = torch.randn(20 * 1024).to(torch.bfloat16)
+    qkv_at, (k_at, k_strides), (v_at, v_strides) = layout
+    views = dict(qkv=buf.as_strided(args["qkv"].shape, args["qkv"].stride(), qkv_at),
+                 key_cache=buf.as_strided(_PAGE, k_strides, k_at), value_cache=buf.as_strided(_PAGE, v_strides, v_at))
+    call_args = dict(args, **views)
+    infos = [ArrayInfo(tuple(t.shape), tuple(t.stride()), "bfloat16", "cpu", t.data_ptr()) for t in views.values()]
+    try:
+        check_overlaps(*infos)
+        legal = True
+    except ValueError:
+        legal = False
+    values = (4, 2, 64, 1e-6, 0.0, True, None, False, "interleaved", "NHD", True)
+    tensors = [call_args.get(n) for n in ARRAY_NAMES]
+    key = fast_path.signature_key(values, tuple(tensors))
+    entry = fast_path._FAST.get(key)  # None for the packed layout's first draw
+    for taken in (native.loaded().call(values, *tensors), entry and entry(*tensors)):
+        assert taken is None or legal, layout
+    if not legal:
+        with pytest.raises(ValueError, match="must not overlap"):
+            op(**call_args, **kwargs)
+        return
+    op(**call_args, **kwargs)  # the checked path (or a fast path, where it already knew) accepts it
+    assert native.loaded().call(values, *tensors) is not None
+    assert fast_path._FAST[key](*tensors) is not None

@@ -58,7 +58,7 @@ CASES = [
     C(T=1, D=256, QH=4, KVH=1, gate="interleaved", offset=1.0, rotary_dim=64),  # Qwen3-Next decode
     C(pos_out_of_range=True),  # positions clamped to the table
     C(pos_out_of_range=True, with_offsets=True, index_dtype="int32"),
-    C(pos_out_of_range=True, index_dtype="int32"),  # clamped in int32 (version 7), widened after
+    C(pos_out_of_range=True, index_dtype="int32"),  # clamped in int32, widened after
     C(T=24, block_size=8, num_blocks=4, seed=3),  # more tokens than one tile
 ]
 

@@ -1,4 +1,4 @@
-"""The unfused baselines the benchmark times (torch_api.reference, jax_api.reference) compute the same op:
+"""The unfused baselines the benchmark times (torch_api.unfused, jax_api.unfused) compute the same op:
 checked against the oracle with a tolerance for their input-dtype arithmetic (several roundings, not one)."""
 
 import numpy as np
@@ -29,7 +29,7 @@ def _cfg(kwargs):
 
 @pytest.mark.parametrize("case", BENCH_LIKE, ids=lambda c: c.id())
 def test_torch_unfused_matches_oracle(case):
-    from fused_qkv.torch_api.reference import unfused
+    from fused_qkv.torch_api.unfused import unfused
 
     args, kwargs = make_inputs(case, "cpu")
     q, gate, k, v = unfused(**args, k_scale=kwargs["k_scale"], v_scale=kwargs["v_scale"], **_cfg(kwargs))
@@ -45,7 +45,7 @@ def test_torch_unfused_matches_oracle(case):
 @pytest.mark.parametrize("case", BENCH_LIKE, ids=lambda c: c.id())
 def test_jax_unfused_matches_oracle(case):
     import jax.numpy as jnp
-    from fused_qkv.jax_api.reference import unfused
+    from fused_qkv.jax_api.unfused import unfused
 
     args, kwargs = make_inputs(case, "cpu")
     j = {k: None if v is None else jnp.asarray(to_numpy(v)) for k, v in args.items()}

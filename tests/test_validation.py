@@ -108,20 +108,19 @@ def test_caches_overlapping_qkv_rejected():
 def test_tensors_on_different_devices_rejected():
     args, kwargs = make_inputs(Case(), DEVICE)
     meta = torch.empty_like(args["cos"], device="meta")
-    from fused_qkv.core import ArrayInfo, plan_launch
+    from fused_qkv.core import ArrayInfo, OpConfig, plan_launch
 
     def info(t):
         return ArrayInfo(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), str(t.device))
 
+    arrays = {n: info(args[n]) for n in ("qkv", "sin", "positions", "key_cache", "value_cache", "slot_mapping")}
     with pytest.raises(ValueError, match="cos must be on the same device as qkv"):
-        plan_launch(info(args["qkv"]), None, None, info(meta), info(args["sin"]), info(args["positions"]),
-                    info(args["key_cache"]), info(args["value_cache"]), info(args["slot_mapping"]),
-                    num_q_heads=4, num_kv_heads=2, head_dim=64)
+        plan_launch(dict(arrays, cos=info(meta)), OpConfig(num_q_heads=4, num_kv_heads=2, head_dim=64))
 
 
 def test_fp8_dtype_per_target():
     """e4m3fnuz only on gfx942 (and the interpreter), OCP e4m3fn/e5m2 not on gfx942, fnuz not on CUDA."""
-    from fused_qkv.core import ArrayInfo, plan_launch
+    from fused_qkv.core import ArrayInfo, OpConfig, plan_launch
 
     args, _ = make_inputs(Case(), "cpu")
 
@@ -130,9 +129,9 @@ def test_fp8_dtype_per_target():
 
     def plan(cache_dtype, target):
         kc = info(args["key_cache"], cache_dtype)
-        return plan_launch(info(args["qkv"]), None, None, info(args["cos"]), info(args["sin"]),
-                           info(args["positions"]), kc, kc, info(args["slot_mapping"]), num_q_heads=4,
-                           num_kv_heads=2, head_dim=64, target=target)
+        arrays = {n: info(args[n]) for n in ("qkv", "cos", "sin", "positions", "slot_mapping")}
+        return plan_launch(dict(arrays, key_cache=kc, value_cache=kc),
+                           OpConfig(num_q_heads=4, num_kv_heads=2, head_dim=64), target=target)
 
     for target, ok, bad in [("cuda", ["float8_e4m3fn", "float8_e5m2"], ["float8_e4m3fnuz"]),
                             ("hip:gfx942", ["float8_e4m3fnuz"], ["float8_e4m3fn", "float8_e5m2"]),
@@ -146,17 +145,26 @@ def test_fp8_dtype_per_target():
 
 
 # The same bad inputs through the JAX frontend. Not applicable there: strides (JAX arrays are contiguous),
-# aliasing (functional caches), devices (JAX places arrays itself), float64 (without jax_enable_x64 JAX turns
-# float64 into float32 before the op sees it; the int-typed cases cover wrong dtypes there).
-JAX_NOT_APPLICABLE = {"qkv_col_stride", "cache_last_stride", "caches_alias", "qkv_dtype", "table_dtype",
-                      "scale_dtype"}
+# aliasing (functional caches), devices (JAX places arrays itself). float64 stays float64 here (the test turns
+# jax_enable_x64 on); with it off the argument is named too (tests/test_first_use.py).
+JAX_NOT_APPLICABLE = {"qkv_col_stride", "cache_last_stride", "caches_alias"}
 JAX_TEXT = {"qkv_not_tensor": "qkv must be a jax.Array", "missing_tensor": "cos must be a jax.Array",
             "layer_type": "layer must be None, an int"}
 JAX_BAD = [b for b in BAD if b[0] not in JAX_NOT_APPLICABLE]
 
 
+@pytest.fixture
+def x64_on():
+    import jax
+
+    saved = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", saved)
+
+
 @pytest.mark.parametrize("mutate,exc,text", [b[1:] for b in JAX_BAD], ids=[b[0] for b in JAX_BAD])
-def test_bad_input_raises_in_jax(request, mutate, exc, text):
+def test_bad_input_raises_in_jax(request, mutate, exc, text, x64_on):
     import jax
     import jax.numpy as jnp
     from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from conftest import RECORDED_PLANS
-from helpers import make_inputs
+from helpers import plan_for
 
 TARGETS = ("cuda", "hip:gfx942", "hip:gfx950")
 
@@ -21,17 +21,10 @@ def _ensure_some_plans():
     """Run alone, this file still compiles the oracle case list's plans."""
     if RECORDED_PLANS:
         return
-    from fused_qkv.torch_api.op import _plan, _select_layer
     from test_torch_op import CASES
 
     for case in CASES:
-        args, kw = make_inputs(case, "cpu")
-        kc, vc = _select_layer(args["key_cache"], args["value_cache"], kw.get("layer"))
-        _plan(args["qkv"], args["q_weight"], args["k_weight"], args["cos"], args["sin"], args["positions"], kc, vc,
-              args["slot_mapping"], kw["num_q_heads"], kw["num_kv_heads"], kw["head_dim"], kw["eps"],
-              kw["norm_weight_offset"], kw["is_neox"], kw["rotary_dim"], kw["offsets"], kw["attn_output_gate"],
-              kw["gated_qkv_layout"], kw["k_scale"], kw["v_scale"], kw["kv_cache_layout"], kw["return_kv"],
-              with_ptr=False)
+        plan_for(case, target="interpreter")  # recorded by conftest's plan observer
 
 
 def test_every_planned_specialisation_compiles_for_every_target(tmp_path):

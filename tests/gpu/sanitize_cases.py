@@ -21,13 +21,13 @@ warnings.filterwarnings("ignore", category=NonInteractiveExampleWarning)
 
 
 def main(n_fuzz: int) -> int:
-    from fused_qkv.torch_api import native
+    from fused_qkv.torch_api import fast_path, native
     from fused_qkv.torch_api import op as op_module
 
-    checked, real = [], op_module._check_config
-    op_module._check_config = lambda **config: (checked.append(1), real(**config))[1]
-    python_fast, real_fast = [], op_module._FastLaunch.__call__
-    op_module._FastLaunch.__call__ = lambda self, *a: (python_fast.append(1), real_fast(self, *a))[1]
+    checked, real = [], op_module._checked_call
+    op_module._checked_call = lambda *args: (checked.append(1), real(*args))[1]
+    python_fast, real_fast = [], fast_path._FastLaunch.__call__
+    fast_path._FastLaunch.__call__ = lambda self, *a: (python_fast.append(1), real_fast(self, *a))[1]
     random.seed(0)
     configs = list(DEVICE_CASES) + [cases().example() for _ in range(n_fuzz)]
     for case in configs:

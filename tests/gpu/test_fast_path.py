@@ -1,4 +1,4 @@
-"""The torch op's eager fast path on CUDA (``torch_api.op._FastLaunch``): a call signature that was validated and
+"""The torch op's eager fast path on CUDA (``torch_api.fast_path``): a call signature that was validated and
 launched once goes straight to Triton's launcher on later calls. Each test checks which path a call took (the
 configuration check runs only on the checked path) and every call's results against the float64 oracle."""
 
@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from fused_qkv.torch_api import fast_path
 from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
 from fused_qkv.torch_api import op as op_module
 from helpers import Case, check_against_oracle, make_inputs
@@ -26,13 +27,13 @@ def checked_calls(monkeypatch):
     """Counts the calls that took the checked path; starts with empty caches."""
     op_module.clear_caches()
     calls = []
-    real = op_module._check_config
+    real = op_module._checked_call
 
-    def counting(**config):
-        calls.append(config)
-        return real(**config)
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
 
-    monkeypatch.setattr(op_module, "_check_config", counting)
+    monkeypatch.setattr(op_module, "_checked_call", counting)
     yield calls
     op_module.clear_caches()
 
@@ -143,8 +144,8 @@ def test_repeated_calls_launch_from_the_native_launcher(checked_calls, monkeypat
     from fused_qkv.torch_api import native
 
     python_fast = []
-    real_call = op_module._FastLaunch.__call__
-    monkeypatch.setattr(op_module._FastLaunch, "__call__",
+    real_call = fast_path._FastLaunch.__call__
+    monkeypatch.setattr(fast_path._FastLaunch, "__call__",
                         lambda self, *a: python_fast.append(1) or real_call(self, *a))
     case = Case(T=11, gate="interleaved", cache_dtype="float8_e4m3fn", scale="head")
     args, kwargs = make_inputs(case, "cuda")

@@ -1,4 +1,4 @@
-"""Where the eager host time of one torch call goes: ``python -m fused_qkv.bench.host_profile`` on a GPU machine
+"""Where the eager host time of one torch call goes: ``python tools/host_profile.py`` on a GPU machine
 prints, for the S1 shape at T=16 (and S2, gated; S4, q only), the wall time per call against one aten op measured
 in the same run: through the native launcher (``torch_api/native.cpp``), through the Python fast path alone, and
 beside them the parts no Python launcher can avoid: allocating the outputs (``torch.empty``) and Triton's own
@@ -8,7 +8,8 @@ import cProfile
 import pstats
 import sys
 
-from .bench import SHAPES, host_overhead, python_launcher_only, recorded_launch, torch_impls, torch_inputs
+from fused_qkv.bench.bench import SHAPES, host_overhead, torch_impls, torch_inputs
+from lab import python_launcher_only, recorded_launch
 
 
 def _parts(fn, inp, reps):
@@ -16,17 +17,19 @@ def _parts(fn, inp, reps):
     fast path, outputs only, Triton's launcher only, number of outputs), for the fast-path entry of ``fn``, one
     eager call of the op on the bench inputs ``inp``."""
     import torch
-    from fused_qkv.torch_api import op as top
+    from fused_qkv.core import ARRAY_NAMES
+    from fused_qkv.torch_api import fast_path
+    from fused_qkv.torch_api.op import clear_caches
 
-    top.clear_caches()
+    clear_caches()
     fn()
     fn()
-    ((key, entry),) = top._FAST.items()
+    ((key, entry),) = fast_path._FAST.items()
     ours = host_overhead(fn, reps=reps) if entry.native is not None else None
     call_only = None
     if entry.native is not None:  # the C++ part alone: what the public function adds is Python
-        cfg = key[12:23]  # the configuration values, as the public function passes them to the native module
-        tensors = [inp.get(k) for k in top.TENSOR_ARGS]  # no offsets in the bench inputs: None
+        cfg = key[1]  # the configuration values, as the public function passes them to the native module
+        tensors = [inp.get(k) for k in ARRAY_NAMES]  # no offsets in the bench inputs: None
         module = entry.native[0]
         if module.call(cfg, *tensors) is None:
             raise RuntimeError("the native module did not take the recorded call")

@@ -1,4 +1,4 @@
-"""Where the JAX op's extra GPU time on S2 at small T comes from: ``python -m fused_qkv.bench.ptx_jit S2 4 S2 16``.
+"""Where the JAX op's extra GPU time on S2 at small T comes from: ``python tools/ptx_jit.py S2 4 S2 16``.
 
 The two frontends launch one kernel source, but not one binary. The torch op launches the cubin Triton's own
 ``ptxas`` builds; jax-triton hands XLA the PTX, which the CUDA driver compiles when the module is loaded. The two
@@ -18,7 +18,8 @@ isolate the scalars.
 import ctypes
 import sys
 
-from .bench import SHAPES, device_time_us, graph_time_us, jax_impls, recorded_launch, torch_impls, torch_inputs
+from fused_qkv.bench.bench import SHAPES, device_time_us, graph_time_us, jax_impls, torch_impls, torch_inputs
+from lab import recorded_launch
 
 
 def _driver_function(ptx: str, name: str) -> int:
@@ -38,12 +39,12 @@ def _variants(shape, inp):
     """The recorded launcher arguments of one torch call and the four compiled variants to launch them with."""
     import triton
     from fused_qkv.core import get_kernel
-    from fused_qkv.core.spec import INPUT_NAMES, SCALAR_NAMES
-    from fused_qkv.torch_api import op as top
+    from fused_qkv.core.plan import INPUT_NAMES, SCALAR_NAMES
+    from fused_qkv.torch_api import fast_path
     from triton.backends.compiler import GPUTarget
 
     _, args, keep = recorded_launch(torch_impls(shape, inp)["fused_torch"])
-    (compiled, _, _), = top._COMPILED.values()
+    (compiled, _, _), = fast_path._COMPILED.values()
     src, meta = compiled.src, compiled.metadata
     scalar_idx = {(len(INPUT_NAMES) + i,) for i in range(len(SCALAR_NAMES))}
     attrs = {k: v for k, v in src.attrs.items() if k not in scalar_idx}

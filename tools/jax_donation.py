@@ -1,6 +1,6 @@
 """JAX donation check: with donated caches the op's time does not grow with the cache size; without, XLA copies.
 
-``python -m fused_qkv.bench.jax_donation [--out FILE]``: a Qwen3-8B-like decode step (T=16, 32 Q heads,
+``python tools/jax_donation.py [--out FILE]``: a Qwen3-8B-like decode step (T=16, 32 Q heads,
 8 KV heads, head_dim 128, bf16, NHD block 16) jitted with and without ``donate_argnames`` over caches of growing
 size. Times are medians over repeated calls, each ended with ``block_until_ready`` (so they include host dispatch,
 which does not depend on the cache size). On a CPU it runs a small smoke version and says so.

@@ -1,5 +1,5 @@
 """Large calls mark the data the kernel touches once (qkv loads, every store) evict-first in L2
-(``spec.streams``, bench/NOTES.md version 5). The rule is checked on the plan; the hints in the compiled sm_90
+(``plan.evict_first``, docs/performance.md). The rule is checked on the plan; the hints in the compiled sm_90
 code; and the same specialisations compile for ROCm gfx942 and gfx950 (ahead of time, on a CPU)."""
 
 import dataclasses
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from fused_qkv.core import spec
+from fused_qkv.core import plan as plan_module
 from fused_qkv.core.aot import compile_for, jax_pointer_dtypes, retarget
 from helpers import Case, plan_for
 
@@ -23,24 +23,25 @@ CASES = [  # every load and store the hints touch: gate copy, pass-through chann
 
 def test_the_rule_is_the_size_of_the_qkv_input():
     row = (32 + 2 * 8) * 128 * 2  # S1: 12288 bytes per token
-    assert not spec.streams(1365, row, "cuda") and spec.streams(1366, row, "cuda")  # 16 MiB of qkv
-    assert spec.streams(10922, row, "cuda") and not spec.streams(10923, row, "cuda")  # below 128 MiB
-    assert spec.streams(4096, row, "hip:gfx942")
-    assert not spec.streams(4096, row, "interpreter")
+    rule = plan_module.evict_first
+    assert not rule(1365, row, "cuda") and rule(1366, row, "cuda")  # 16 MiB of qkv
+    assert rule(10922, row, "cuda") and not rule(10923, row, "cuda")  # below 128 MiB
+    assert rule(4096, row, "hip:gfx942")
+    assert not rule(4096, row, "interpreter")
 
 
 def test_the_plan_applies_the_rule(monkeypatch):
     case = Case(T=16, num_blocks=16)
     row_bytes = (case.QH + 2 * case.KVH) * case.D * 2
-    assert not plan_for(case).constexprs["STREAM"]
-    monkeypatch.setattr(spec, "STREAM_MIN_BYTES", 16 * row_bytes)
-    assert plan_for(case).constexprs["STREAM"]
-    monkeypatch.setattr(spec, "STREAM_MIN_BYTES", 16 * row_bytes + 1)
-    assert not plan_for(case).constexprs["STREAM"]
+    assert not plan_for(case).constexprs["EVICT_FIRST"]
+    monkeypatch.setattr(plan_module, "EVICT_FIRST_MIN_BYTES", 16 * row_bytes)
+    assert plan_for(case).constexprs["EVICT_FIRST"]
+    monkeypatch.setattr(plan_module, "EVICT_FIRST_MIN_BYTES", 16 * row_bytes + 1)
+    assert not plan_for(case).constexprs["EVICT_FIRST"]
 
 
-def _evict_first_accesses(plan, stream):
-    plan = dataclasses.replace(plan, constexprs=dict(plan.constexprs, STREAM=stream))
+def _evict_first_accesses(plan, evict):
+    plan = dataclasses.replace(plan, constexprs=dict(plan.constexprs, EVICT_FIRST=evict))
     ptx = compile_for(plan, jax_pointer_dtypes(plan), "cuda", aligned_pointers=True).asm["ptx"]
     loads = re.findall(r"ld\.global\S*L2::cache_hint", ptx)
     stores = re.findall(r"st\.global\S*L2::cache_hint", ptx)
@@ -48,21 +49,21 @@ def _evict_first_accesses(plan, stream):
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=["gate-pass", "fp8-scaled"])
-def test_sm90_code_carries_the_hints_only_when_streaming(case):
+def test_sm90_code_carries_the_hints_only_when_evict_first(case):
     plan = plan_for(case)
     loads, stores, policy = _evict_first_accesses(plan, True)
     assert policy and loads > 0 and stores > 0, (loads, stores)
     assert _evict_first_accesses(plan, False) == (0, 0, False)
 
 
-def test_streaming_specialisations_compile_for_rocm(tmp_path):
-    plans = [dataclasses.replace(p, constexprs=dict(p.constexprs, STREAM=True)) for p in map(plan_for, CASES)]
-    assert all(retarget(p, "hip:gfx942").constexprs["STREAM"] for p in plans)  # retargeting keeps the choice
+def test_evict_first_specialisations_compile_for_rocm(tmp_path):
+    plans = [dataclasses.replace(p, constexprs=dict(p.constexprs, EVICT_FIRST=True)) for p in map(plan_for, CASES)]
+    assert all(retarget(p, "hip:gfx942").constexprs["EVICT_FIRST"] for p in plans)  # retargeting keeps the choice
     path = tmp_path / "plans.pickle"
     path.write_bytes(pickle.dumps(plans))
     script = os.path.join(os.path.dirname(__file__), "aot_compile.py")
     for target in ("hip:gfx942", "hip:gfx950"):  # one process per target (see aot_compile.py)
-        storable = [p for p in plans if all(not c.startswith("float8") or c in spec.TARGET_FP8[target]
+        storable = [p for p in plans if all(not c.startswith("float8") or c in plan_module.TARGET_FP8[target]
                                             for c in (p.pointer_dtypes["key_cache"], p.pointer_dtypes["value_cache"]))]
         proc = subprocess.run([sys.executable, script, str(path), target], capture_output=True, text=True,
                               timeout=1200)

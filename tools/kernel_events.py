@@ -1,4 +1,4 @@
-"""What the GPU runs for one call of each fused op: ``python -m fused_qkv.bench.kernel_events S2 4 [S2 16 ...]``
+"""What the GPU runs for one call of each fused op: ``python tools/kernel_events.py S2 4 [S2 16 ...]``
 lists, for the torch op (int64 and int32 indices; int32 also with a synchronisation after each call, as the JAX
 calls run) and the jitted JAX op on the bench's inputs, every kernel, copy and memset that CUPTI records (through
 ``torch.profiler``) over 20 calls, with its mean duration and count per call. Used to tell a slower kernel apart
@@ -7,7 +7,7 @@ from extra work around it, or from the calls' context (back-to-back or one at a 
 import collections
 import sys
 
-from .bench import SHAPES, gpu_activities, jax_impls, synced, torch_impls, torch_inputs
+from fused_qkv.bench.bench import SHAPES, gpu_activities, jax_impls, synced, torch_impls, torch_inputs
 
 
 def events(call, n=20):

@@ -1,0 +1,550 @@
+"""The framework-free launch plan: validation, grid, constexprs and argument order.
+
+Every frontend describes its arrays as :class:`ArrayInfo` (shape, strides in elements, dtype name, device string,
+optional data pointer) keyed by the names of :data:`ARRAY_NAMES`, and calls :func:`plan_launch` with an
+:class:`~fused_qkv.core.config.OpConfig`. It raises ``TypeError``/``ValueError`` naming the offending argument and
+returns a :class:`LaunchPlan` with everything a launch needs, computed from shapes, dtypes and strides alone (never
+from device data, so no host synchronisation is ever needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Mapping, NamedTuple, Optional
+
+from .config import OpConfig, check_int
+
+# The array arguments of the public functions, in their positional order, then the optional keyword ones.
+ARRAY_NAMES = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping",
+               "offsets", "k_scale", "v_scale")
+REQUIRED_ARRAYS = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
+
+# Kernel argument order (see core/kernel.py). jax-triton passes inputs, then scalars, then one pointer per output;
+# constexprs go by keyword.
+INPUT_NAMES = (
+    "qkv", "q_weight", "k_weight", "cos", "sin", "positions", "offsets", "slot_mapping",
+    "k_scale", "v_scale", "layer", "key_cache_in", "value_cache_in",
+)
+SCALAR_NAMES = ("num_tokens", "num_slot_entries", "num_cache_slots", "num_table_rows", "eps", "norm_weight_offset")
+OUTPUT_NAMES = ("q", "gate", "k", "v", "key_cache", "value_cache")
+
+FLOAT_INPUT_DTYPES = ("float16", "bfloat16", "float32")
+TABLE_DTYPES = FLOAT_INPUT_DTYPES
+INDEX_DTYPES = ("int32", "int64")
+WEIGHT_DTYPES = FLOAT_INPUT_DTYPES
+
+
+class Fp8Format(NamedTuple):
+    """An fp8 cache format: explicit mantissa bits, minimum normal exponent, largest finite value."""
+
+    mbits: int
+    emin: int
+    max_finite: float
+
+
+FP8_FORMATS = {
+    "float8_e4m3fn": Fp8Format(3, -6, 448.0),
+    "float8_e5m2": Fp8Format(2, -14, 57344.0),
+    "float8_e4m3fnuz": Fp8Format(3, -7, 240.0),
+}
+
+ITEMSIZE = {
+    "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "uint8": 1, "int8": 1, "bool": 1,
+}
+
+# Cache dtypes each compile target can store. The interpreter stores any of them.
+TARGET_FP8 = {
+    "interpreter": ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"),
+    "cuda": ("float8_e4m3fn", "float8_e5m2"),  # OCP formats; no fnuz on NVIDIA
+    "hip:gfx942": ("float8_e4m3fnuz",),  # MI300: fnuz only (OCP e4m3fn is gfx950+)
+    "hip:gfx950": ("float8_e4m3fn", "float8_e5m2"),
+}
+
+# Triton's interpreter has no IR type for fnuz fp8: there the kernel encodes the bits itself.
+SOFT_FP8_ON_INTERPRETER = ("float8_e4m3fnuz",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayInfo:
+    """What the plan needs to know of one array: no data, no framework.
+
+    ``strides`` are in elements. ``data_ptr`` (optional) enables the overlap checks.
+    """
+
+    shape: tuple
+    strides: tuple
+    dtype: str
+    device: str = "cpu"
+    data_ptr: Optional[int] = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def byte_extent(self):
+        """[lo, hi) byte offsets from the data pointer that the array may touch ((0, 0) if empty)."""
+        if self.numel == 0:
+            return 0, 0
+        size = ITEMSIZE.get(self.dtype, 1)
+        lo = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True) if s < 0)
+        hi = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True) if s > 0) + 1
+        return lo * size, hi * size
+
+    def byte_span(self):
+        """[start, end) byte range touched by the array, or None if unknown/empty."""
+        if self.data_ptr is None or self.numel == 0:
+            return None
+        lo, hi = self.byte_extent()
+        return self.data_ptr + lo, self.data_ptr + hi
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to launch the kernel, from shapes alone."""
+
+    grid: tuple
+    num_warps: int
+    constexprs: Mapping[str, Any]
+    scalars: Mapping[str, Any]
+    # output name -> (shape, dtype) for the outputs the frontend allocates (q, gate, k, v);
+    # absent ones (gate without attn_output_gate, k/v without return_kv) map to None.
+    out_shapes: Mapping[str, Optional[tuple]]
+    num_tokens: int
+    has_layer: bool
+    # dtype name of every pointer argument (INPUT_NAMES + OUTPUT_NAMES), None where the argument is absent
+    pointer_dtypes: Mapping[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+def ordered_args(inputs: Mapping[str, Any], scalars: Mapping[str, Any], outputs: Mapping[str, Any]) -> list:
+    """Positional kernel arguments in kernel order: inputs, scalars, outputs."""
+    return ([inputs[n] for n in INPUT_NAMES] + [scalars[n] for n in SCALAR_NAMES]
+            + [outputs[n] for n in OUTPUT_NAMES])
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def _check_dtype(name, arr: ArrayInfo, allowed):
+    if arr.dtype not in allowed:
+        raise TypeError(f"{name} must have dtype in {list(allowed)}, got {arr.dtype}")
+
+
+def _check_ndim(name, arr: ArrayInfo, ndim, what):
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {what}, got shape {tuple(arr.shape)}")
+
+
+def _check_vector(name, arr: ArrayInfo, length, dtypes, *, exact=True):
+    _check_ndim(name, arr, 1, f"[{'' if exact else '<= '}{length}]")
+    _check_dtype(name, arr, dtypes)
+    n = arr.shape[0]
+    if (exact and n != length) or (not exact and n > length):
+        raise ValueError(f"{name} must have {'' if exact else 'at most '}{length} entries (num tokens), got {n}")
+
+
+def _check_device(name, arr: ArrayInfo, device):
+    if arr.device != device:
+        raise ValueError(f"{name} must be on the same device as qkv ({device}), got {arr.device}")
+
+
+def _check_qkv(qkv: ArrayInfo, config: OpConfig) -> None:
+    gate_mult = 2 if config.attn_output_gate else 1
+    width = config.qkv_width
+    _check_ndim("qkv", qkv, 2, "[num_tokens, (num_q_heads*(2 if gate) + 2*num_kv_heads)*head_dim]")
+    _check_dtype("qkv", qkv, FLOAT_INPUT_DTYPES)
+    if qkv.shape[1] != width:
+        raise ValueError(
+            f"qkv must have width (num_q_heads*{gate_mult} + 2*num_kv_heads)*head_dim = "
+            f"({config.num_q_heads}*{gate_mult} + 2*{config.num_kv_heads})*{config.head_dim} = {width}, "
+            f"got {qkv.shape[1]}")
+    if width > 1 and qkv.strides[1] != 1:
+        raise ValueError(f"qkv must be contiguous in its last dim (stride 1), got strides {tuple(qkv.strides)}")
+    if qkv.shape[0] > 1 and qkv.strides[0] < width:
+        raise ValueError(f"qkv row stride must be >= its width {width}, got {qkv.strides[0]}")
+
+
+def _check_weights(arrays, config: OpConfig) -> None:
+    D, device = config.head_dim, arrays["qkv"].device
+    for name in ("q_weight", "k_weight"):
+        w = arrays[name]
+        if w is None:
+            continue
+        _check_ndim(name, w, 1, f"[head_dim={D}]")
+        if w.shape[0] != D:
+            raise ValueError(f"{name} must have head_dim={D} entries, got {w.shape[0]}")
+        _check_dtype(name, w, WEIGHT_DTYPES)
+        if w.strides[0] != 1:
+            raise ValueError(f"{name} must be contiguous, got stride {w.strides[0]}")
+        _check_device(name, w, device)
+
+
+def _check_tables(arrays, config: OpConfig) -> None:
+    rotary_dim, device = config.rotary, arrays["qkv"].device
+    half = rotary_dim // 2
+    cos, sin = arrays["cos"], arrays["sin"]
+    for name, tab in (("cos", cos), ("sin", sin)):
+        _check_ndim(name, tab, 2, "[max_positions, rotary_dim/2 or rotary_dim]")
+        _check_dtype(name, tab, TABLE_DTYPES)
+        _check_device(name, tab, device)
+        if tab.shape[1] not in (half, rotary_dim):
+            raise ValueError(
+                f"{name} last dim must be rotary_dim/2={half} (half table) or rotary_dim={rotary_dim} "
+                f"(full table), got {tab.shape[1]}")
+        if tab.shape[0] < 1:
+            raise ValueError(f"{name} must have at least one row (position)")
+    if tuple(cos.shape) != tuple(sin.shape):
+        raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+
+
+def _check_index_arrays(arrays) -> None:
+    T, device = arrays["qkv"].shape[0], arrays["qkv"].device
+    _check_vector("positions", arrays["positions"], T, INDEX_DTYPES)
+    _check_device("positions", arrays["positions"], device)
+    if arrays["offsets"] is not None:
+        _check_vector("offsets", arrays["offsets"], T, INDEX_DTYPES)
+        _check_device("offsets", arrays["offsets"], device)
+    _check_vector("slot_mapping", arrays["slot_mapping"], T, INDEX_DTYPES, exact=False)
+    _check_device("slot_mapping", arrays["slot_mapping"], device)
+
+
+def _layout_str(layout: str) -> str:
+    return ("[num_blocks, block_size, num_kv_heads, head_dim]" if layout == "NHD"
+            else "[num_blocks, num_kv_heads, block_size, head_dim]")
+
+
+def _check_caches(arrays, config: OpConfig, layer, target: str) -> tuple:
+    """Returns (num_blocks, block_size) of the caches."""
+    key_cache, value_cache = arrays["key_cache"], arrays["value_cache"]
+    qkv, layout = arrays["qkv"], config.kv_cache_layout
+    for name, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if cache.ndim not in (4, 5):
+            raise ValueError(
+                f"{name} must be 4-D ({_layout_str(layout)}) or 5-D with a leading layer axis, "
+                f"got shape {tuple(cache.shape)}")
+        _check_device(name, cache, qkv.device)
+        if cache.dtype != qkv.dtype and cache.dtype not in FP8_FORMATS:
+            raise TypeError(
+                f"{name} dtype must be the input dtype ({qkv.dtype}) or one of {list(FP8_FORMATS)}, got {cache.dtype}")
+        if cache.dtype in FP8_FORMATS and cache.dtype not in TARGET_FP8[target]:
+            raise TypeError(
+                f"{name} dtype {cache.dtype} is not supported on target {target}; supported fp8 cache dtypes "
+                f"there: {list(TARGET_FP8[target])}")
+        if cache.strides[-1] != 1:
+            raise ValueError(f"{name} must be contiguous in head_dim (last stride 1), got strides {cache.strides}")
+    if tuple(key_cache.shape) != tuple(value_cache.shape):
+        raise ValueError(
+            f"key_cache and value_cache must have the same shape, got {tuple(key_cache.shape)} and "
+            f"{tuple(value_cache.shape)}")
+    page_shape = key_cache.shape[-4:]
+    if layout == "NHD":
+        num_blocks, block_size, c_heads, c_dim = page_shape
+    else:
+        num_blocks, c_heads, block_size, c_dim = page_shape
+    if c_heads != config.num_kv_heads or c_dim != config.head_dim:
+        raise ValueError(
+            f"key_cache shape {tuple(key_cache.shape)} does not match layout {layout} "
+            f"{_layout_str(layout)} with num_kv_heads={config.num_kv_heads}, head_dim={config.head_dim}")
+    if block_size < 1 or num_blocks < 1:
+        raise ValueError(f"key_cache must have at least one block of at least one slot, got {tuple(key_cache.shape)}")
+    if key_cache.ndim == 5 or layer is not None:
+        check_layer(key_cache.shape, layer)
+    return num_blocks, block_size
+
+
+def _scale_modes(arrays, config: OpConfig) -> dict:
+    """0: no scale, 1: one per tensor, 2: one per KV head."""
+    modes = {}
+    for name in ("k_scale", "v_scale"):
+        sc = arrays[name]
+        if sc is None:
+            modes[name] = 0
+            continue
+        _check_dtype(name, sc, ("float32",))
+        _check_device(name, sc, arrays["qkv"].device)
+        if sc.ndim > 1 or sc.numel not in (1, config.num_kv_heads):
+            raise ValueError(f"{name} must hold 1 element or num_kv_heads={config.num_kv_heads} elements (1-D), "
+                             f"got shape {tuple(sc.shape)}")
+        if sc.numel > 1 and sc.strides[0] != 1:
+            raise ValueError(f"{name} must be contiguous")
+        modes[name] = 1 if sc.numel == 1 else 2
+    return modes
+
+
+def check_layer(cache_shape, layer) -> None:
+    """Validate ``layer`` against a cache shape: required (int in range or ``"dynamic"``) iff 5-D."""
+    if len(cache_shape) == 5:
+        num_layers = cache_shape[0]
+        if layer is None:
+            raise ValueError(
+                f"layer must be given when the caches have a leading layer axis (shape {tuple(cache_shape)})")
+        if isinstance(layer, int) and not isinstance(layer, bool):
+            if not 0 <= layer < num_layers:
+                raise ValueError(f"layer must be in [0, {num_layers}), got {layer}")
+        elif layer != "dynamic":
+            raise TypeError(f"layer must be None, an int or a traced int32 scalar, got {type(layer).__name__}")
+    elif layer is not None:
+        raise ValueError("layer is only valid when the caches have a leading layer axis [L, ...] (5-D caches), "
+                         f"got cache shape {tuple(cache_shape)}")
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def plan_launch(arrays: Mapping[str, Optional[ArrayInfo]], config: OpConfig, *, layer: Any = None,
+                target: str = "interpreter", warp_size: int = 32) -> LaunchPlan:
+    """Validate every array against ``config`` and compute the launch.
+
+    ``arrays``: an :class:`ArrayInfo` (or None where optional) for every name of :data:`ARRAY_NAMES`.
+    ``layer``: ``None`` (caches are 4-D), a Python int, or the string ``"dynamic"`` (a traced scalar; only the
+    frontend knows its value) when caches are 5-D ``[L, ...]``. ``target``: ``"interpreter"``, ``"cuda"``,
+    ``"hip:gfx942"`` or ``"hip:gfx950"``; decides which fp8 cache dtypes are allowed and the tile heuristics.
+    """
+    if not isinstance(config, OpConfig):
+        raise TypeError(f"config must be an OpConfig, got {type(config).__name__}")
+    if target not in TARGET_FP8:
+        raise ValueError(f"target must be one of {list(TARGET_FP8)}, got {target!r}")
+    for name in REQUIRED_ARRAYS:
+        if arrays.get(name) is None:
+            raise TypeError(f"{name} is required, got None")
+    arrays = {n: arrays.get(n) for n in ARRAY_NAMES}
+    _check_qkv(arrays["qkv"], config)
+    _check_weights(arrays, config)
+    _check_tables(arrays, config)
+    _check_index_arrays(arrays)
+    num_blocks, block_size = _check_caches(arrays, config, layer, target)
+    scale_modes = _scale_modes(arrays, config)
+    check_overlaps(arrays["qkv"], arrays["key_cache"], arrays["value_cache"])  # the caches are written in place
+    plan = _build_plan(arrays, config, num_blocks, block_size, scale_modes, target, warp_size)
+    for observer in _plan_observers:
+        observer(plan, target)
+    return plan
+
+
+def _cache_strides(cache: ArrayInfo, layout: str):
+    """(layer, block, slot, head) strides in elements; layer 0 for 4-D caches."""
+    s = cache.strides[-4:]
+    layer_stride = cache.strides[0] if cache.ndim == 5 else 0
+    if layout == "NHD":
+        return layer_stride, s[0], s[1], s[2]
+    return layer_stride, s[0], s[2], s[1]
+
+
+def _fp8_constants(dtype: str):
+    f = FP8_FORMATS.get(dtype)
+    return (f.mbits, f.emin, f.max_finite) if f else (0, 0, 0.0)
+
+
+def _layout_constexprs(config: OpConfig) -> dict:
+    """Where each head's channels are in a qkv row, and the rotary pairing."""
+    D, QH, KVH, half = config.head_dim, config.num_q_heads, config.num_kv_heads, config.rotary // 2
+    gate_mult = 2 if config.attn_output_gate else 1
+    interleaved = config.attn_output_gate and config.gated_qkv_layout == "interleaved"
+    return dict(
+        NUM_Q_HEADS=QH, NUM_KV_HEADS=KVH, HEAD_DIM=D, HALF_ROT=half,
+        PAIR_STEP=1 if config.is_neox else 2, PAIR_DELTA=half if config.is_neox else 1,
+        NUM_HEAD_PROGS=QH + 2 * KVH + (QH if config.attn_output_gate else 0), K_END=QH + KVH, V_END=QH + 2 * KVH,
+        Q_HEAD_STRIDE=2 * D if interleaved else D,
+        GATE_COL0=D if interleaved else QH * D, GATE_HEAD_STRIDE=2 * D if interleaved else D,
+        K_COL0=QH * gate_mult * D, V_COL0=QH * gate_mult * D + KVH * D,
+    )
+
+
+def _build_plan(arrays, config: OpConfig, num_blocks, block_size, scale_modes, target, warp_size) -> LaunchPlan:
+    qkv, key_cache, value_cache = arrays["qkv"], arrays["key_cache"], arrays["value_cache"]
+    cos, sin, positions, offsets = arrays["cos"], arrays["sin"], arrays["positions"], arrays["offsets"]
+    slot_mapping = arrays["slot_mapping"]
+    T, D, rotary_dim = qkv.shape[0], config.head_dim, config.rotary
+    half, in_dtype, has_layer = rotary_dim // 2, qkv.dtype, key_cache.ndim == 5
+    full_table = cos.shape[1] == rotary_dim and rotary_dim != half
+    kls, kbs, kss, khs = _cache_strides(key_cache, config.kv_cache_layout)
+    vls, vbs, vss, vhs = _cache_strides(value_cache, config.kv_cache_layout)
+    (k_mbits, k_emin, k_max), (v_mbits, v_emin, v_max) = map(_fp8_constants, (key_cache.dtype, value_cache.dtype))
+    has_pass = rotary_dim < D
+    block_d = next_pow2(D)
+    block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
+    constexprs = dict(
+        _layout_constexprs(config), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
+        HAS_Q_NORM=arrays["q_weight"] is not None, HAS_K_NORM=arrays["k_weight"] is not None,
+        HAS_OFFSETS=offsets is not None, HAS_LAYER=has_layer, HAS_GATE=config.attn_output_gate,
+        RETURN_KV=config.return_kv, K_SCALE_MODE=scale_modes["k_scale"], V_SCALE_MODE=scale_modes["v_scale"],
+        K_MBITS=k_mbits, K_EMIN=k_emin, K_MAXV=k_max, V_MBITS=v_mbits, V_EMIN=v_emin, V_MAXV=v_max,
+        K_SOFT_FP8=target == "interpreter" and key_cache.dtype in SOFT_FP8_ON_INTERPRETER,
+        V_SOFT_FP8=target == "interpreter" and value_cache.dtype in SOFT_FP8_ON_INTERPRETER,
+        QKV_ROW_STRIDE=qkv.strides[0], POS_STRIDE=positions.strides[0],
+        OFF_STRIDE=offsets.strides[0] if offsets is not None else 0, SLOT_STRIDE=slot_mapping.strides[0],
+        COS_ROW_STRIDE=cos.strides[0], COS_COL_STRIDE=cos.strides[1],
+        SIN_ROW_STRIDE=sin.strides[0], SIN_COL_STRIDE=sin.strides[1],
+        KC_LAYER_STRIDE=kls, KC_BLOCK_STRIDE=kbs, KC_SLOT_STRIDE=kss, KC_HEAD_STRIDE=khs,
+        VC_LAYER_STRIDE=vls, VC_BLOCK_STRIDE=vbs, VC_SLOT_STRIDE=vss, VC_HEAD_STRIDE=vhs,
+        BLOCK_SIZE=block_size, BLOCK_T=block_t, BLOCK_HALF=next_pow2(half),
+        BLOCK_PASS=next_pow2(D - rotary_dim) if has_pass else 1, BLOCK_D=block_d,
+        HAS_PASS=has_pass, HW_CAST=target != "interpreter",
+        TOKENS_MULT16=T % 16 == 0, SLOTS_MULT16=slot_mapping.shape[0] % 16 == 0,
+        EVICT_FIRST=evict_first(T, qkv.shape[1] * ITEMSIZE[in_dtype], target),
+    )
+    scalars = dict(
+        num_tokens=T, num_slot_entries=slot_mapping.shape[0], num_cache_slots=num_blocks * block_size,
+        num_table_rows=cos.shape[0], eps=config.eps, norm_weight_offset=config.norm_weight_offset,
+    )
+    QH, KVH = config.num_q_heads, config.num_kv_heads
+    out_shapes = {
+        "q": ((T, QH, D), in_dtype),
+        "gate": ((T, QH, D), in_dtype) if config.attn_output_gate else None,
+        "k": ((T, KVH, D), in_dtype) if config.return_kv else None,
+        "v": ((T, KVH, D), in_dtype) if config.return_kv else None,
+    }
+    grid = (max(1, -(-T // block_t)) * constexprs["NUM_HEAD_PROGS"],) if T > 0 else (0,)
+    dtypes = {n: None if arrays[n] is None else arrays[n].dtype for n in INPUT_NAMES if n in arrays}
+    pointer_dtypes = dict(
+        dtypes, layer="int32" if has_layer else None, key_cache_in=key_cache.dtype,
+        value_cache_in=value_cache.dtype, key_cache=key_cache.dtype, value_cache=value_cache.dtype,
+        **{n: (None if out_shapes[n] is None else in_dtype) for n in ("q", "gate", "k", "v")})
+    pointer_dtypes = {n: pointer_dtypes[n] for n in INPUT_NAMES + OUTPUT_NAMES}
+    return LaunchPlan(grid=grid, num_warps=num_warps, constexprs=constexprs, scalars=scalars, out_shapes=out_shapes,
+                      num_tokens=T, has_layer=has_layer, pointer_dtypes=pointer_dtypes)
+
+
+# ------------------------------------------------------------------------------------------------ tiles and hints
+EVICT_FIRST_MIN_BYTES = 16 << 20
+EVICT_FIRST_MAX_BYTES = 128 << 20
+_overrides: dict = {"tiles": None, "evict_first": None}
+_plan_observers: list = []
+
+
+def evict_first(num_tokens: int, qkv_row_bytes: int, target: str) -> bool:
+    """Whether the kernel marks the data it touches once (qkv loads, every store) evict-first in the GPU's L2.
+
+    On when the qkv input is at least 16 MiB and below 128 MiB: there the hints took 2-7 % off on the H100, while
+    above it they cost 1-2 % and below it the outputs should stay in L2 for the kernel that reads them next
+    (docs/performance.md). Never under the interpreter.
+    """
+    if target == "interpreter":
+        return False
+    if _overrides["evict_first"] is not None:
+        return _overrides["evict_first"]
+    return EVICT_FIRST_MIN_BYTES <= num_tokens * qkv_row_bytes < EVICT_FIRST_MAX_BYTES
+
+
+def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32):
+    """Deterministic (BLOCK_T, num_warps) from shapes only; shared by every frontend.
+
+    Under the interpreter each program costs Python overhead, so tiles are large. On GPUs: about 16 elements of a
+    head per thread; 16-token tiles for head_dim 128 (2 at T <= 16, where more programs win), 2-token tiles for
+    head_dim >= 256 (the H100 tile sweep in bench/results/sweep.json; docs/performance.md).
+    """
+    if target == "interpreter":
+        block_t = min(next_pow2(max(num_tokens, 1)), max(1, 8192 // block_d))
+        num_warps = min(8, next_pow2(max(1, block_t * block_d // (8 * warp_size))))
+        return block_t, num_warps
+    if _overrides["tiles"] is not None:
+        return _overrides["tiles"]
+    if block_d >= 256 or num_tokens <= 16:
+        block_t = 2
+    else:
+        block_t = max(1, 2048 // block_d)
+    block_t = min(block_t, next_pow2(max(num_tokens, 1)))
+    num_warps = min(8, next_pow2(max(1, block_t * block_d // (16 * warp_size))))
+    return block_t, num_warps
+
+
+@contextlib.contextmanager
+def _override(what, value):
+    saved = _overrides[what]
+    _overrides[what] = value
+    try:
+        yield
+    finally:
+        _overrides[what] = saved
+
+
+def tile_override(block_t: int, num_warps: int):
+    """Context manager: GPU plans made inside use these tiles (``fused-qkv bench --sweep``). Frontends cache plans
+    by call signature: clear their caches when entering and leaving."""
+    check_int("block_t", block_t)
+    check_int("num_warps", num_warps)
+    return _override("tiles", (block_t, num_warps))
+
+
+def evict_first_override(flag: bool):
+    """Context manager: GPU plans made inside use (or not) the evict-first hints (``fused-qkv bench
+    --sweep-stream``); clear the frontends' caches as for :func:`tile_override`."""
+    if not isinstance(flag, bool):
+        raise TypeError(f"flag must be a bool, got {type(flag).__name__}")
+    return _override("evict_first", flag)
+
+
+@contextlib.contextmanager
+def recording_plans(observer):
+    """Context manager: ``observer(plan, target)`` is called for every plan made inside (the test suite records
+    each specialisation it launches, to compile it ahead of time for every GPU target)."""
+    _plan_observers.append(observer)
+    try:
+        yield
+    finally:
+        _plan_observers.remove(observer)
+
+
+# ------------------------------------------------------------------------------------------------ overlaps
+def check_overlaps(qkv: ArrayInfo, key_cache: ArrayInfo, value_cache: ArrayInfo) -> None:
+    """The caches are written in place: they must not share memory with each other or with qkv."""
+    if _may_share_elements(key_cache, value_cache):
+        raise ValueError("key_cache and value_cache must not overlap in memory")
+    for cname, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if _may_share_elements(cache, qkv):
+            raise ValueError(f"{cname} must not overlap qkv in memory")
+
+
+PAIR_CODES = {"kv": 0, "qk": 1, "qv": 2}  # the same codes in torch_api/native.cpp
+
+
+def meeting_pairs(spans, pq: int, pk: int, pv: int) -> frozenset:
+    """The pairs among qkv, key cache and value cache whose byte ranges meet, as (pair, pointer difference).
+
+    ``spans``: the ``byte_extent()`` of qkv, key cache and value cache; ``pq, pk, pv``: their data pointers.
+    Whether two arrays of fixed metadata share an element depends only on the difference of their pointers, so
+    fast paths that ran :func:`check_overlaps` once for a (pair, difference) may reuse its verdict.
+    """
+    (q0, q1), (k0, k1), (v0, v1) = spans
+    meet = set()
+    if pk + k0 < pv + v1 and pv + v0 < pk + k1:
+        meet.add(("kv", pv - pk))
+    if pq + q0 < pk + k1 and pk + k0 < pq + q1:
+        meet.add(("qk", pk - pq))
+    if pq + q0 < pv + v1 and pv + v0 < pq + q1:
+        meet.add(("qv", pv - pq))
+    return frozenset(meet)
+
+
+def _may_share_elements(a: ArrayInfo, b: ArrayInfo) -> bool:
+    """Whether two arrays may touch the same bytes (False when their pointers are unknown).
+
+    Exact for two views with the same shape, strides and dtype whose strides nest (each
+    stride at least the extent of the smaller ones), like vLLM's ``kv_cache[:, 0]`` and
+    ``kv_cache[:, 1]``; otherwise conservative (byte ranges overlap).
+    """
+    sa, sb = a.byte_span(), b.byte_span()
+    if sa is None or sb is None or not (sa[0] < sb[1] and sb[0] < sa[1]):
+        return False
+    if (a.shape, a.strides, a.dtype) != (b.shape, b.strides, b.dtype):
+        return True
+    size = ITEMSIZE.get(a.dtype, 1)
+    delta, rem = divmod(b.data_ptr - a.data_ptr, size)
+    if rem:
+        return True
+    dims = sorted((st, n) for n, st in zip(a.shape, a.strides, strict=True) if n > 1)
+    extent = 1
+    for st, n in dims:  # nesting check, smallest stride first
+        if st < extent:
+            return True
+        extent = st * (n - 1) + extent
+    for st, n in reversed(dims):  # unique mixed-radix digits of delta
+        digit = max(-(n - 1), min(n - 1, int(delta / st)))
+        delta -= digit * st
+    return delta == 0

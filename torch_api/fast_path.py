@@ -1,0 +1,257 @@
+"""The torch frontend's eager fast paths on CUDA, and the launch of compiled kernels.
+
+A call signature (the configuration values and their types, and every tensor's shape, strides, dtype and device)
+that the checked path validated, planned and launched is recorded here. A later eager call with the same signature
+then allocates its outputs and launches straight away: from C++ (``native.cpp``) when the native launcher is built,
+else from :class:`_FastLaunch` in Python. Both reuse the checked path's verdict on the overlap of qkv and the caches
+per pointer difference (``plan.meeting_pairs``); anything else they do not cover goes back to the checked path.
+"""
+
+from __future__ import annotations
+
+import torch
+from fused_qkv.core import INPUT_NAMES, SCALAR_NAMES, get_kernel
+from fused_qkv.core.plan import PAIR_CODES, meeting_pairs
+from fused_qkv.torch_api import native as _native
+from triton import knobs
+from triton.knobs import HookChain
+
+_COMPILED: dict = {}  # (plan, device, Triton's specialisation bits) -> (CompiledKernel, constexpr values, plan)
+_FAST: dict = {}  # eager fast path: call signature -> _FastLaunch
+_FAST_MAX = 512
+_result_type = tuple  # set by the op module: the public result type
+
+
+def set_result_type(cls) -> None:
+    global _result_type
+    _result_type = cls
+
+
+def specialisation_bits(args):
+    """What Triton specialises a compiled kernel on, for the runtime arguments: 16-byte alignment of each
+    pointer; for each int, whether it is 1, a multiple of 16, or needs 64 bits."""
+    return tuple(a.data_ptr() % 16 == 0 if isinstance(a, torch.Tensor)
+                 else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31) if type(a) is int
+                 else a is None for a in args)
+
+
+def launch_compiled(plan, args, device: int):
+    """Launch on GPU ``device`` (the current device). The first launch of a specialisation goes through Triton's
+    JITFunction (compiles, caches); later ones call the compiled kernel directly, skipping the per-call binding of
+    ~80 arguments that dominates the eager host time. Returns (compiled kernel, constexpr values, whether every
+    pointer argument was 16-byte aligned)."""
+    bits = specialisation_bits(args)
+    key = (id(plan), device, bits)
+    compiled = _COMPILED.get(key)
+    aligned = all(b for a, b in zip(args, bits, strict=True) if isinstance(a, torch.Tensor))
+    if compiled is None:
+        kernel = get_kernel(interpret=False)
+        compiled = kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
+        if len(_COMPILED) > 4096:
+            _COMPILED.clear()
+        _COMPILED[key] = (compiled, [plan.constexprs[n] for n in kernel.arg_names[len(args):]], plan)
+        return compiled, _COMPILED[key][1], aligned
+    compiled, constexpr_values, _ = compiled
+    bound = (*args, *constexpr_values)
+    stream = torch._C._cuda_getCurrentRawStream(device)  # what Triton's own launcher asks torch for
+    grid = (plan.grid[0], 1, 1)
+    compiled.run(grid[0], 1, 1, stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(grid, stream, *bound), knobs.runtime.launch_enter_hook,
+                 knobs.runtime.launch_exit_hook, *bound)
+    return compiled, constexpr_values, aligned
+
+
+def _meta(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def signature_key(values: tuple, tensors: tuple):
+    """The fast paths' key: every tensor's metadata, the configuration values and their types (``True`` and ``1``
+    hash alike; validation tells them apart). Raises AttributeError or TypeError for arguments that are not
+    tensors or not hashable (the checked path then names them)."""
+    key = (tuple(_meta(t) for t in tensors), values, tuple(map(type, values)))
+    hash(key)
+    return key
+
+
+def hooked() -> bool:
+    """Whether a Triton launch hook is set: a function, or Triton's hook chain holding functions."""
+    return any(h is not None and (type(h) is not HookChain or bool(h.calls))
+               for h in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook))
+
+
+def plain_eager(*tensors) -> bool:
+    """True when nothing observes the call but eager execution: not traced by torch.compile, no tensor
+    subclass (fake, functional, ...), no dispatch or function mode, no autograd on the inputs."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._is_torch_function_mode_enabled():
+        return False
+    return all(type(t) is torch.Tensor and not t.requires_grad for t in tensors)
+
+
+def try_launch(values: tuple, tensors: tuple):
+    """Launch a recorded signature: ``(result, None)``; else ``(None, key)``, ``key`` the signature to record
+    once the checked path has launched the call (None when it cannot be recorded). ``tensors``: the 12 array
+    arguments in ``plan.ARRAY_NAMES`` order (4-D caches: calls with ``layer`` never come here)."""
+    native = _native.loaded()
+    if native is not None and not torch.compiler.is_compiling() and not hooked():
+        # native.cpp checks dispatch and torch-function modes and the tensors (plain, metadata, device, alignment,
+        # overlaps) itself, and returns None for anything it does not cover
+        out = native.call(values, *tensors)
+        if out is not None:
+            return out, None
+    qkv, kc, vc = tensors[0], tensors[6], tensors[7]
+    if not plain_eager(qkv, kc, vc):
+        return None, None
+    try:
+        key = signature_key(values, tensors)
+        entry = _FAST.get(key)
+    except (AttributeError, TypeError):  # not tensors, or unhashable values: the checked path names them
+        return None, None
+    if entry is not None:
+        out = entry(*tensors)
+        if out is not None:
+            return out, None
+    return None, key
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+class _FastLaunch:
+    """A validated call signature on CUDA, ready to launch: the plan's outputs, scalars and constexprs, and the
+    compiled kernel for 16-byte-aligned pointers. Pointers go to Triton's launcher as ints: every tensor was
+    checked to be on this device when the plan was made, so the launcher's per-pointer driver query is skipped.
+    Returns None (the caller takes the checked path) when anything the entry does not cover comes up: another
+    current device, a misaligned pointer, launch hooks, or qkv/cache byte ranges that meet at a pointer difference
+    not yet checked exactly."""
+
+    __slots__ = ("spans", "ok_pairs", "outs", "device", "index", "scalars", "tail", "grid0", "run",
+                 "function", "packed_metadata", "native")
+
+    def __init__(self, plan, device, compiled, constexpr_values, spans):
+        self.spans = spans
+        self.ok_pairs = frozenset()
+        self.native = None  # (native module, generation, index) when the native path also has this signature
+        self.outs = tuple(None if plan.out_shapes[n] is None else plan.out_shapes[n][0]
+                          for n in ("q", "gate", "k", "v"))
+        self.device = device
+        self.index = device.index
+        self.scalars = tuple(plan.scalars[n] for n in SCALAR_NAMES)
+        self.tail = tuple(constexpr_values)
+        self.grid0 = plan.grid[0]
+        self.run, self.function, self.packed_metadata = compiled.run, compiled.function, compiled.packed_metadata
+
+    def __call__(self, qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, offsets, k_scale,
+                 v_scale):
+        if torch._C._cuda_getDevice() != self.index or hooked():
+            return None
+        pq, pk, pv = qkv.data_ptr(), kc.data_ptr(), vc.data_ptr()
+        (q0, q1), (k0, k1), (v0, v1) = self.spans
+        if ((pk + k0 < pv + v1 and pv + v0 < pk + k1) or (pq + q0 < pk + k1 and pk + k0 < pq + q1)
+                or (pq + q0 < pv + v1 and pv + v0 < pq + q1)) \
+                and meeting_pairs(self.spans, pq, pk, pv) - self.ok_pairs:
+            return None
+        ptrs = (pq, _ptr(q_weight), _ptr(k_weight), cos.data_ptr(), sin.data_ptr(), positions.data_ptr(),
+                _ptr(offsets), slot_mapping.data_ptr(), _ptr(k_scale), _ptr(v_scale), None, pk, pv)
+        m = 0
+        for p in ptrs:
+            if p is not None:
+                m |= p
+        if m & 15:
+            return None
+        dtype, device = qkv.dtype, self.device
+        q_shape, gate_shape, k_shape, v_shape = self.outs
+        q = torch.empty(q_shape, dtype=dtype, device=device)
+        gate = None if gate_shape is None else torch.empty(gate_shape, dtype=dtype, device=device)
+        k = None if k_shape is None else torch.empty(k_shape, dtype=dtype, device=device)
+        v = None if v_shape is None else torch.empty(v_shape, dtype=dtype, device=device)
+        if self.grid0:
+            self.run(self.grid0, 1, 1, torch._C._cuda_getCurrentRawStream(self.index), self.function,
+                     self.packed_metadata, None, None, None, *ptrs, *self.scalars, q.data_ptr(), _ptr(gate),
+                     _ptr(k), _ptr(v), pk, pv, *self.tail)
+        return _result_type(q, gate, k, v)
+
+
+def register(key, plan, tensors, values, compiled, constexpr_values, spans):
+    """Record a validated, launched call signature for the fast paths: the Python one (``_FastLaunch``) and, where
+    it is available, the native one (``native.cpp``). ``tensors``: the 12 tensors (or None) in ``ARRAY_NAMES``
+    order; ``values``: the configuration values as the public function passes them."""
+    qkv, kc, vc = tensors[0], tensors[6], tensors[7]
+    entry = _FAST.get(key)
+    if entry is None:
+        if len(_FAST) >= _FAST_MAX:
+            _FAST.clear()
+        entry = _FAST[key] = _FastLaunch(plan, qkv.device, compiled, constexpr_values, spans)
+        module = _native.load()
+        if module is not None:
+            module.set_result_type(_result_type)  # its calls return the public result type
+            entry.native = _native_register(module, plan, tensors, values, compiled, constexpr_values, spans)
+    # the byte ranges of these pairs meet, and the exact check (in the checked path) found no shared element:
+    # whether two arrays share an element depends on their pointers' difference only, so it is now known good
+    if len(entry.ok_pairs) < 64:
+        pairs = meeting_pairs(spans, qkv.data_ptr(), kc.data_ptr(), vc.data_ptr())
+        entry.ok_pairs |= pairs
+        if entry.native is not None:
+            for name, diff in pairs:
+                entry.native[0].add_ok_pair(entry.native[1], entry.native[2], PAIR_CODES[name], diff)
+
+
+# kernel pointer arguments (plan.INPUT_NAMES order) -> index among the 12 tensors of a native call
+_NATIVE_TENSOR_INDEX = {"qkv": 0, "q_weight": 1, "k_weight": 2, "cos": 3, "sin": 4, "positions": 5, "offsets": 9,
+                        "slot_mapping": 8, "k_scale": 10, "v_scale": 11, "layer": None, "key_cache_in": 6,
+                        "value_cache_in": 7}
+_NATIVE_SCALAR_KINDS = {"i32": 2, "i64": 3, "fp32": 4}
+
+
+def native_params(compiled, plan, constexpr_values):
+    """The compiled kernel's parameters in order, as (kind, value) for ``native.cpp``: kind 0 = pointer of one of
+    the 12 call tensors, 1 = pointer of output q/gate/k/v, 2/3/4 = i32/i64/fp32 value, 5 = null pointer. Mirrors
+    Triton's launcher: parameters the compiled signature made constexpr are not passed, and two scratch pointers
+    follow. None when the kernel needs anything the native launcher does not do (scratch memory, PDL, clusters)."""
+    src, meta = getattr(compiled, "src", None), getattr(compiled, "metadata", None)
+    if src is None or meta is None or getattr(meta, "global_scratch_size", 1) or \
+            getattr(meta, "profile_scratch_size", 1) or getattr(meta, "launch_pdl", True) or \
+            getattr(meta, "launch_cooperative_grid", True) or getattr(meta, "num_ctas", 2) != 1:
+        return None
+    sources = ([("tensor", _NATIVE_TENSOR_INDEX[n]) for n in INPUT_NAMES]
+               + [("scalar", plan.scalars[n]) for n in SCALAR_NAMES]
+               + [("output", i) if plan.out_shapes[n] is not None else ("tensor", None)
+                  for i, n in enumerate(("q", "gate", "k", "v"))]
+               + [("tensor", 6), ("tensor", 7)] + [("constexpr", v) for v in constexpr_values])
+    types = list(src.signature.values())
+    if len(types) != len(sources):
+        return None
+    params = []
+    for (what, value), ty in zip(sources, types, strict=True):
+        if ty == "constexpr":
+            continue
+        if ty.startswith("*") and what in ("tensor", "output") and value is not None:
+            params.append((0 if what == "tensor" else 1, value))
+        elif what == "scalar" and ty in _NATIVE_SCALAR_KINDS:
+            params.append((_NATIVE_SCALAR_KINDS[ty], value))
+        else:
+            return None
+    return tuple(params) + ((5, 0), (5, 0))  # global and profile scratch: none
+
+
+def _native_register(module, plan, tensors, values, compiled, constexpr_values, spans):
+    """Record this call signature in the native module; returns (module, generation, index) or None."""
+    params = native_params(compiled, plan, constexpr_values)
+    if params is None:
+        return None
+    (q0, q1), (k0, k1), (v0, v1) = spans
+    outs = tuple(None if plan.out_shapes[n] is None else tuple(plan.out_shapes[n][0]) for n in ("q", "gate", "k", "v"))
+    generation, index = module.add(values, tuple(tensors), (q0, q1, k0, k1, v0, v1), outs, int(compiled.function),
+                                   plan.grid[0], 32 * compiled.metadata.num_warps, compiled.metadata.shared, params)
+    return module, generation, index
+
+
+def clear() -> None:
+    """Forget every compiled-kernel handle and recorded signature (Python and native)."""
+    _COMPILED.clear()
+    _FAST.clear()
+    module = _native.loaded()
+    if module is not None:
+        module.clear()
