@@ -2,7 +2,8 @@
 
 The kernel never reads or writes out of bounds whatever the index data is: positions outside the table are clamped
 to its first/last row and slots outside the cache are skipped. That is safe, and silent. With checking on
-(``check_indices=True`` on either frontend's call, or ``FUSED_QKV_CHECK_INDICES=1`` in the environment), the
+(``check_indices=True`` on either frontend's call, or ``FUSED_QKV_CHECK_INDICES=1`` in the environment of the
+process, read when ``fused_qkv`` is imported), the
 frontends copy the index arrays to the host and call :func:`check_indices` before the results are returned; a bad
 index raises ``ValueError`` naming the argument, the first bad entry and its value. The copy synchronises the host
 with the device, so checking is off by default and the default path stays capture-safe.
@@ -19,10 +20,19 @@ ENV_VAR = "FUSED_QKV_CHECK_INDICES"
 PAD_SLOT = -1  # the padding slot (vLLM's PAD_SLOT_ID): no write, and not an error
 
 
+def _requested_by_environment() -> bool:
+    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# read once, when fused_qkv.core is imported: the eager fast paths cannot afford an environment lookup per call
+CHECK_BY_DEFAULT = _requested_by_environment()
+
+
 def index_checks_requested(check_indices: Optional[bool]) -> bool:
-    """The ``check_indices`` argument if given, else whether ``FUSED_QKV_CHECK_INDICES`` is set to 1/true/yes/on."""
+    """The ``check_indices`` argument if given, else :data:`CHECK_BY_DEFAULT` (``FUSED_QKV_CHECK_INDICES`` set to
+    1/true/yes/on when ``fused_qkv`` was imported)."""
     if check_indices is None:
-        return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+        return CHECK_BY_DEFAULT
     if not isinstance(check_indices, bool):
         raise TypeError(f"check_indices must be None or a bool, got {type(check_indices).__name__}")
     return check_indices

@@ -2,6 +2,7 @@
 checks and the JAX frontend's dtype errors."""
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 
@@ -117,11 +118,20 @@ def test_torch_index_check_names_the_first_bad_index_before_anything_is_written(
     op(**args, **kwargs)  # off by default: clamped / skipped as documented
 
 
-def test_index_check_follows_the_environment_and_the_argument_wins(monkeypatch):
+@pytest.mark.parametrize("value,on", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)])
+def test_the_environment_variable_is_read_at_import(value, on):
+    proc = subprocess.run([sys.executable, "-c", "import fused_qkv.core.indices as i; print(i.CHECK_BY_DEFAULT)"],
+                          env=dict(os.environ, FUSED_QKV_CHECK_INDICES=value), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == str(on), proc.stderr
+
+
+def test_index_check_follows_the_default_and_the_argument_wins(monkeypatch):
+    from fused_qkv.core import indices
     from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
 
     args, kwargs = _inputs("slot", DEVICE)
-    monkeypatch.setenv("FUSED_QKV_CHECK_INDICES", "1")
+    monkeypatch.setattr(indices, "CHECK_BY_DEFAULT", True)  # what FUSED_QKV_CHECK_INDICES=1 sets at import
     with pytest.raises(ValueError, match=r"slot_mapping\[3\] = 24"):
         op(**args, **kwargs)
     op(**args, **kwargs, check_indices=False)

@@ -2,9 +2,10 @@
 
 A call signature (the configuration values and their types, and every tensor's shape, strides, dtype and device)
 that the checked path validated, planned and launched is recorded here. A later eager call with the same signature
-then allocates its outputs and launches straight away: from C++ (``native.cpp``) when the native launcher is built,
-else from :class:`_FastLaunch` in Python. Both reuse the checked path's verdict on the overlap of qkv and the caches
-per pointer difference (``plan.meeting_pairs``); anything else they do not cover goes back to the checked path.
+then allocates its outputs and launches straight away: from C++ (``native.cpp``, called first by the public
+function) when the native launcher is built, else from :class:`_FastLaunch` in Python. Both reuse the checked
+path's verdict on the overlap of qkv and the caches per pointer difference (``plan.meeting_pairs``); anything else
+they do not cover goes back to the checked path.
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ def signature_key(values: tuple, tensors: tuple):
 
 def hooked() -> bool:
     """Whether a Triton launch hook is set: a function, or Triton's hook chain holding functions."""
-    return any(h is not None and (type(h) is not HookChain or bool(h.calls))
-               for h in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook))
+    hook = knobs.runtime.launch_enter_hook
+    if hook is not None and (type(hook) is not HookChain or hook.calls):
+        return True
+    hook = knobs.runtime.launch_exit_hook
+    return hook is not None and (type(hook) is not HookChain or bool(hook.calls))
 
 
 def plain_eager(*tensors) -> bool:
@@ -89,17 +93,11 @@ def plain_eager(*tensors) -> bool:
     return all(type(t) is torch.Tensor and not t.requires_grad for t in tensors)
 
 
-def try_launch(values: tuple, tensors: tuple):
-    """Launch a recorded signature: ``(result, None)``; else ``(None, key)``, ``key`` the signature to record
-    once the checked path has launched the call (None when it cannot be recorded). ``tensors``: the 12 array
-    arguments in ``plan.ARRAY_NAMES`` order (4-D caches: calls with ``layer`` never come here)."""
-    native = _native.loaded()
-    if native is not None and not torch.compiler.is_compiling() and not hooked():
-        # native.cpp checks dispatch and torch-function modes and the tensors (plain, metadata, device, alignment,
-        # overlaps) itself, and returns None for anything it does not cover
-        out = native.call(values, *tensors)
-        if out is not None:
-            return out, None
+def try_python(values: tuple, tensors: tuple):
+    """The Python fast path: ``(result, None)`` for a recorded signature; else ``(None, key)``, ``key`` the signature
+    to record once the checked path has launched the call (None when it cannot be recorded). ``tensors``: the 12
+    array arguments in ``plan.ARRAY_NAMES`` order (4-D caches: calls with ``layer`` never come here). The native
+    path (``native.call``) is tried before, by the public function itself: it costs one call less there."""
     qkv, kc, vc = tensors[0], tensors[6], tensors[7]
     if not plain_eager(qkv, kc, vc):
         return None, None

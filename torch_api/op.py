@@ -1,9 +1,9 @@
 """PyTorch binding of the fused kernel, registered as the mutating op ``fused_qkv::split_qk_norm_rope_cache``.
 
-The public function routes a call one of three ways: a recorded call signature goes to the eager fast paths
-(``fast_path``); other plain eager calls are validated, planned and launched here directly; calls that something
-observes (``torch.compile``, tensor subclasses, dispatch modes, autograd) go through the registered custom op, whose
-fake implementation makes the same plan.
+The public function routes a call one of three ways: a recorded call signature goes to the eager fast paths (the
+native launcher, then ``fast_path``); other plain eager calls are validated, planned and launched here directly;
+calls that something observes (``torch.compile``, tensor subclasses, dispatch modes, autograd) go through the
+registered custom op, whose fake implementation makes the same plan.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from fused_qkv.core import indices as _indices
 from fused_qkv.core.launch import launch_interpreted
 from fused_qkv.core.plan import check_overlaps
 from fused_qkv.torch_api import fast_path
+from fused_qkv.torch_api import native as _native
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
 
@@ -320,7 +321,8 @@ def fused_qkv_split_qk_norm_rope_cache(
             and raises ``ValueError`` naming the first position (plus offset) outside the table and the first slot
             ``>= num_blocks * block_size`` or negative other than ``-1`` (the padding slot), before anything is
             launched. It synchronises, so it is skipped, with a one-time warning, under ``torch.compile`` tracing
-            and CUDA-graph capture. ``None`` (default): on if ``FUSED_QKV_CHECK_INDICES=1`` is set, else off.
+            and CUDA-graph capture. ``None`` (default): on if ``FUSED_QKV_CHECK_INDICES=1`` was set when
+            ``fused_qkv`` was imported, else off.
 
     Returns:
         :class:`FusedQKVOutput` ``(q, gate, k, v)`` as described there.
@@ -331,11 +333,19 @@ def fused_qkv_split_qk_norm_rope_cache(
     # the configuration in OpConfig's field order: the fast paths' key, validated once per distinct value
     values = (num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, attn_output_gate,
               gated_qkv_layout, kv_cache_layout, return_kv)
-    checking = _indices.index_checks_requested(check_indices)
+    checking = _indices.CHECK_BY_DEFAULT if check_indices is None else _indices.index_checks_requested(check_indices)
     record = None
     if layer is None and not checking:
-        out, key = fast_path.try_launch(values, (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache,
-                                                 slot_mapping, offsets, k_scale, v_scale))
+        native = _native.loaded()
+        if native is not None and not torch.compiler.is_compiling() and not fast_path.hooked():
+            # native.cpp checks dispatch and torch-function modes and the tensors (plain, metadata, device,
+            # alignment, overlaps) itself, and returns None for anything it does not cover
+            out = native.call(values, qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache,
+                              slot_mapping, offsets, k_scale, v_scale)
+            if out is not None:
+                return out
+        out, key = fast_path.try_python(values, (qkv, q_weight, k_weight, cos, sin, positions, key_cache,
+                                                 value_cache, slot_mapping, offsets, k_scale, v_scale))
         if out is not None:
             return out
         record = None if key is None else (key, values)
