@@ -77,7 +77,8 @@ def run_jax(batch, device: str, cache_dtype: str):
         j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], j["positions"], kc, vc, j["slot_mapping"],
         k_scale=j["k_scale"] if fp8 else None, v_scale=j["v_scale"] if fp8 else None, **CONFIG),
         donate_argnums=(1, 2))
-    out = step(j, kc, vc)
+    with jax.default_device(dev):  # inside jit the op builds its kernel for this device's platform
+        out = step(j, kc, vc)
     f64 = lambda x: np.asarray(x).astype(np.float64)  # noqa: E731
     return dict(q=f64(out.q), k=f64(out.k), v=f64(out.v), key_cache=f64(out.key_cache),
                 value_cache=f64(out.value_cache))

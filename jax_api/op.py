@@ -99,11 +99,15 @@ def _info(x) -> Optional[ArrayInfo]:
 
 
 def _platform(x) -> str:
-    """Platform the op runs on: the device of a concrete input, else (inside jit) the default backend."""
+    """Platform the op runs on: the device of a concrete input; inside jit (no device known at trace time) the
+    device of an enclosing ``jax.default_device(...)``, else the default backend."""
     try:
         devices = x.devices()
-    except Exception:  # a tracer: no device known at trace time
-        return jax.default_backend()
+    except Exception:  # a tracer
+        default = jax.config.jax_default_device
+        if default is None:
+            return jax.default_backend()
+        return default.platform if hasattr(default, "platform") else str(default)
     return next(iter(devices)).platform
 
 
@@ -152,7 +156,9 @@ def fused_qkv_split_qk_norm_rope_cache(
     ``jax.jit(step, donate_argnames=("key_cache", "value_cache"))`` the write happens in place (without donation
     XLA copies the whole cache on every call). On CPU the same kernel runs under Triton's interpreter inside a
     ``jax.pure_callback`` (jit, scan, vmap and shard_map work; the caches are copied there). All keyword
-    arguments except the arrays and ``layer`` are static Python values.
+    arguments except the arrays and ``layer`` are static Python values. Inside ``jax.jit`` the kernel is built for the
+    platform of an enclosing ``jax.default_device(...)`` or else the default backend: to run a jitted call on the
+    CPU of a GPU machine, wrap it in ``with jax.default_device(jax.devices("cpu")[0]):``.
 
     Shapes (``T`` tokens, ``QH = num_q_heads``, ``KVH = num_kv_heads``, ``D = head_dim``, ``R = rotary_dim``):
 
