@@ -1,7 +1,9 @@
 """The torch frontend's direct launch of cached compiled kernels (GPU only) keys its cache on
 ``fast_path.specialisation_bits``. Triton compiles a different kernel whenever its own specialisation of the runtime
 arguments differs, so the two must separate exactly the same arguments. Checked here against Triton's
-specialisation function for the CUDA backend, on a CPU."""
+specialisation function for the CUDA backend, on a CPU.
+
+White-box: the cache key and the fast path are private (``fast_path``); nothing public exposes them."""
 
 import itertools
 

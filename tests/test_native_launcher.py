@@ -1,4 +1,5 @@
-"""The torch frontend's native eager launcher (``torch_api/native.cpp``), built here with the CPU torch and run on
+"""White-box (the parameter layout, recorded signatures and fast-path entries are private): the torch frontend's
+native eager launcher (``torch_api/native.cpp``), built here with the CPU torch and run on
 CPU tensors: entries on CPU record their launch instead of calling the driver. With the compile target and
 Triton's compile faked (no GPU), the native path must hand the kernel exactly the parameters Triton's own launcher
 would (its signature decides which arguments are constexpr), allocate outputs of the documented shapes, and send

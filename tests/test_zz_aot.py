@@ -1,6 +1,7 @@
-"""Portability: every kernel specialisation this test session planned -- recorded from the launch spec by
+"""Portability: every kernel specialisation this test session planned -- recorded from the launch plan by
 conftest, as the torch frontend and as the JAX frontend specialise it, with each target's own tile sizes --
-compiles ahead of time for CUDA sm_90, ROCm gfx942 (MI300) and gfx950 (MI350), on a CPU-only machine.
+compiles ahead of time for CUDA sm_90, ROCm gfx942 (MI300) and gfx950 (MI350), on a CPU-only machine. White-box
+where run alone: ``helpers.plan_for`` reaches the torch frontend's ``plan_call``.
 
 Collected last (file name), so it sees the plans of every other test. The interpreter does not type-check the
 kernel as the compiler does, so this is also what keeps CPU CI honest about compiled code.

@@ -1,6 +1,6 @@
 """The torch op's eager fast path on CUDA (``torch_api.fast_path``): a call signature that was validated and
 launched once goes straight to Triton's launcher on later calls. Each test checks which path a call took (the
-configuration check runs only on the checked path) and every call's results against the float64 oracle."""
+checked path, ``op._checked_call``, is counted: white-box) and every call's results against the float64 oracle."""
 
 import dataclasses
 
