@@ -49,3 +49,26 @@ def _record_every_plan():
 
     with recording_plans(_record_plan):
         yield
+
+
+def _jax_x64(flag: bool):
+    import jax
+
+    saved = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", flag)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", saved)
+
+
+@pytest.fixture
+def x64_on():
+    """JAX keeps 64-bit dtypes (tests/test_jax_op.py turns this on for the whole session at import)."""
+    yield from _jax_x64(True)
+
+
+@pytest.fixture
+def x64_off():
+    """JAX's default: 64-bit arrays are narrowed to 32 bits."""
+    yield from _jax_x64(False)

@@ -171,15 +171,6 @@ def test_jax_index_check_inside_jit_reports_through_the_runtime_error():
 
 
 # --------------------------------------------------------------------------- JAX dtypes under x64 off
-@pytest.fixture
-def x64_off():
-    """JAX's default; the suite turns x64 on (tests/test_jax_op.py) for int64 slots."""
-    saved = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", saved)
-
-
 @pytest.mark.parametrize("name", ["qkv", "cos", "q_weight", "k_scale"])
 def test_jax_float64_input_is_reported_under_its_own_name(name, x64_off):
     from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as op

@@ -153,16 +153,6 @@ JAX_TEXT = {"qkv_not_tensor": "qkv must be a jax.Array", "missing_tensor": "cos 
 JAX_BAD = [b for b in BAD if b[0] not in JAX_NOT_APPLICABLE]
 
 
-@pytest.fixture
-def x64_on():
-    import jax
-
-    saved = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", saved)
-
-
 @pytest.mark.parametrize("mutate,exc,text", [b[1:] for b in JAX_BAD], ids=[b[0] for b in JAX_BAD])
 def test_bad_input_raises_in_jax(request, mutate, exc, text, x64_on):
     import jax
