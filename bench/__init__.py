@@ -1,1 +1,1 @@
-"""fused_qkv.bench: the ``fused-qkv`` command line (``demo``; ``bench`` to come)."""
+"""fused_qkv.bench: the ``fused-qkv`` command line (``demo``, ``bench``, ``build-native``)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from .config import OpConfig
-from .plan import ARRAY_NAMES, REQUIRED_ARRAYS, ArrayInfo, LaunchPlan, plan_launch
+from .plan import ARRAY_NAMES, ArrayInfo, LaunchPlan, plan_launch
 
 ROCM_ARCHS = ("gfx942", "gfx950")  # MI300 and MI350 series: the AMD targets this kernel is compiled for
 
@@ -23,11 +23,6 @@ def rocm_target(arch: str) -> str:
 def warp_size(target: str) -> int:
     """Threads per warp (wavefront) of a target: 64 on the CDNA GPUs, 32 on NVIDIA (and for the interpreter)."""
     return 64 if target.startswith("hip:") else 32
-
-
-def missing_required(arrays: Mapping[str, Any]) -> Optional[str]:
-    """The first required array argument that is None, or None."""
-    return next((n for n in REQUIRED_ARRAYS if arrays.get(n) is None), None)
 
 
 def plan_for(arrays: Mapping[str, Optional[ArrayInfo]], config: OpConfig, layer: Any, target: str) -> LaunchPlan:
