@@ -59,6 +59,10 @@ class OpConfig:
     gated_qkv_layout: str = "interleaved"
     kv_cache_layout: str = "NHD"
     return_kv: bool = True
+    mrope_section: Optional[tuple] = None
+    mrope_interleaved: bool = False
+    v_norm: bool = False
+    k_eq_v: bool = False
 
     def __post_init__(self):
         check_int("num_q_heads", self.num_q_heads)
@@ -73,11 +77,15 @@ class OpConfig:
                 raise ValueError(f"rotary_dim must be even, got {self.rotary_dim}")
         _check_float("eps", self.eps, nonneg=True)
         _check_float("norm_weight_offset", self.norm_weight_offset)
-        for name in ("is_neox", "attn_output_gate", "return_kv"):
+        for name in ("is_neox", "attn_output_gate", "return_kv", "mrope_interleaved", "v_norm", "k_eq_v"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         _check_choice("gated_qkv_layout", self.gated_qkv_layout, GATE_LAYOUTS)
         _check_choice("kv_cache_layout", self.kv_cache_layout, LAYOUTS)
+        if self.mrope_section is not None:
+            object.__setattr__(self, "mrope_section", _check_mrope_section(self.mrope_section, self.rotary))
+        elif self.mrope_interleaved:
+            raise ValueError("mrope_interleaved=True needs mrope_section (the (t, h, w) split of the frequencies)")
         # the kernel takes them as fp32 scalars: ints are accepted and stored as floats
         object.__setattr__(self, "eps", float(self.eps))
         object.__setattr__(self, "norm_weight_offset", float(self.norm_weight_offset))
@@ -89,8 +97,22 @@ class OpConfig:
 
     @property
     def qkv_width(self) -> int:
-        """Channels per token of the packed projection: Q heads (with gates), K heads, V heads."""
-        return (self.num_q_heads * (2 if self.attn_output_gate else 1) + 2 * self.num_kv_heads) * self.head_dim
+        """Channels per token of the packed projection: Q heads (with gates), K heads, V heads (none with k_eq_v)."""
+        kv_blocks = 1 if self.k_eq_v else 2
+        return (self.num_q_heads * (2 if self.attn_output_gate else 1) + kv_blocks * self.num_kv_heads) * self.head_dim
+
+
+def _check_mrope_section(section, rotary: int) -> tuple:
+    """``mrope_section`` as a tuple of three non-negative ints summing to ``rotary_dim // 2``."""
+    if not isinstance(section, (tuple, list)):
+        raise TypeError(f"mrope_section must be None or a list/tuple of three ints (t, h, w), got "
+                        f"{type(section).__name__}")
+    if len(section) != 3 or not all(_is_int(x) for x in section):
+        raise TypeError(f"mrope_section must hold three ints (t, h, w), got {section!r}")
+    if any(x < 0 for x in section) or sum(section) != rotary // 2:
+        raise ValueError(f"mrope_section must be three non-negative ints with t + h + w == rotary_dim // 2 = "
+                         f"{rotary // 2}, got {tuple(section)} (sum {sum(section)})")
+    return tuple(section)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(OpConfig))
@@ -114,19 +136,20 @@ def config_from_values(values: tuple) -> OpConfig:
 
 
 def tensor_parallel_columns(num_shards: int, *, num_q_heads: int, num_kv_heads: int, head_dim: int,
-                            attn_output_gate: bool = False, gated_qkv_layout: str = "interleaved"):
+                            attn_output_gate: bool = False, gated_qkv_layout: str = "interleaved",
+                            k_eq_v: bool = False):
     """Column order that makes each of ``num_shards`` equal column blocks a packed qkv of its own heads.
 
     Returns a list ``perm`` of qkv column indices: ``qkv[:, perm]`` (or, once and offline, the QKV
     projection weight's output columns permuted the same way) is ``[shard 0 | shard 1 | ...]`` where
     shard ``r`` holds Q heads ``r*QH/n ...`` (with their gates, in the same gate layout), then its K heads,
-    then its V heads: exactly the packed layout the op expects with ``num_q_heads=QH/n``,
+    then its V heads (none with ``k_eq_v``): exactly the packed layout the op expects with ``num_q_heads=QH/n``,
     ``num_kv_heads=KVH/n``. Split that array's last axis across the mesh axis (``PartitionSpec(None, axis)``)
     and the caches' KV-head axis the same way.
     """
     check_int("num_shards", num_shards)
     OpConfig(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-             attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout)
+             attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout, k_eq_v=k_eq_v)
     if num_q_heads % num_shards or num_kv_heads % num_shards:
         raise ValueError(f"num_shards ({num_shards}) must divide num_q_heads ({num_q_heads}) and num_kv_heads "
                          f"({num_kv_heads})")
@@ -149,5 +172,6 @@ def tensor_parallel_columns(num_shards: int, *, num_q_heads: int, num_kv_heads: 
             perm += [c for h in q_heads for c in head(0, h)]
         kv_heads = range(r * ks, (r + 1) * ks)
         perm += [c for h in kv_heads for c in head(q_cols, h)]
-        perm += [c for h in kv_heads for c in head(q_cols + KVH * D, h)]
+        if not k_eq_v:
+            perm += [c for h in kv_heads for c in head(q_cols + KVH * D, h)]
     return perm

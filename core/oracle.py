@@ -116,18 +116,46 @@ def rope(x: np.ndarray, cos_rows: np.ndarray, sin_rows: np.ndarray, rotary_dim: 
     return x
 
 
+def mrope_rows(half: int, section, interleaved: bool) -> np.ndarray:
+    """``[half]``: which row of the ``[3, T]`` positions (0 temporal, 1 height, 2 width) rotary frequency ``i``
+    takes its angle from. Contiguous sections (Qwen2-VL, Qwen2.5-VL): ``i < t`` -> 0, ``t <= i < t + h`` -> 1,
+    else 2. Interleaved (Qwen3-VL): ``i % 3 == 1 and i < 3h`` -> 1, ``i % 3 == 2 and i < 3w`` -> 2, else 0."""
+    t, h, w = section
+    i = np.arange(half)
+    if not interleaved:
+        return np.where(i < t, 0, np.where(i < t + h, 1, 2))
+    return np.where((i % 3 == 1) & (i < 3 * h), 1, np.where((i % 3 == 2) & (i < 3 * w), 2, 0))
+
+
+def table_rows(table: np.ndarray, positions: np.ndarray, rotary_dim: int, is_neox: bool, section=None,
+               interleaved: bool = False) -> np.ndarray:
+    """``[T, W]``: the table entries each token uses. ``positions``: ``[T]``, or ``[3, T]`` with ``section``, in
+    which case column ``c`` is read at the position row of its frequency (half tables: ``c``; full tables:
+    ``c mod R/2`` NeoX, ``c // 2`` GPT-J). Positions are already clamped."""
+    if section is None:
+        return table[positions]
+    half, width = rotary_dim // 2, table.shape[1]
+    col = np.arange(width)
+    freq = col if width == half else (col % half if is_neox else col // 2)
+    rows = mrope_rows(half, section, interleaved)[freq]  # [W]
+    return table[positions[rows].T, col[None, :]]
+
+
 def reference(
     qkv, q_weight, k_weight, cos, sin, positions, slot_mapping, *,
     num_q_heads: int, num_kv_heads: int, head_dim: int, num_cache_slots: int,
     key_cache_dtype: str, value_cache_dtype: str,
     eps: float = 1e-6, norm_weight_offset: float = 0.0, is_neox: bool = True, rotary_dim: Optional[int] = None,
     offsets=None, attn_output_gate: bool = False, gated_qkv_layout: str = "interleaved",
-    k_scale=None, v_scale=None,
+    k_scale=None, v_scale=None, mrope_section=None, mrope_interleaved: bool = False, v_norm: bool = False,
+    k_eq_v: bool = False,
 ) -> OracleResult:
     """The op's contract in float64. Array arguments are NumPy arrays (any real dtype).
 
     ``num_cache_slots`` = num_blocks * block_size; the cache dtypes decide the rounding of
-    the cache values. Positions are clamped to the table (``[0, rows - 1]``).
+    the cache values. Positions are clamped to the table (``[0, rows - 1]``). ``cos = sin = None``: no rotation
+    (NoPE; ``positions`` is ignored). ``mrope_section``: positions are ``[3, T]`` (see :func:`mrope_rows`).
+    ``v_norm``: V is RMS-normalised without a weight. ``k_eq_v``: qkv holds no V block; V is the raw K projection.
     """
     f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
     qkv = f64(qkv)
@@ -145,18 +173,23 @@ def reference(
     else:
         q, gate = qg.reshape(T, QH, D), None
     k = qkv[:, q_cols:q_cols + KVH * D].reshape(T, KVH, D)
-    v = qkv[:, q_cols + KVH * D:q_cols + 2 * KVH * D].reshape(T, KVH, D)
+    v_col0 = q_cols if k_eq_v else q_cols + KVH * D
+    v = qkv[:, v_col0:v_col0 + KVH * D].reshape(T, KVH, D).copy()
+    if v_norm:
+        v = rms_norm(v, np.ones(D), eps, 0.0)
 
     q = rms_norm(q, f64(q_weight), eps, norm_weight_offset)
     k = rms_norm(k, f64(k_weight), eps, norm_weight_offset)
 
-    pos = np.asarray(positions, dtype=np.int64)
-    if offsets is not None:
-        pos = pos + np.asarray(offsets, dtype=np.int64)
-    cos, sin = f64(cos), f64(sin)
-    pos = np.clip(pos, 0, cos.shape[0] - 1)
-    q = rope(q, cos[pos], sin[pos], rotary_dim, is_neox)
-    k = rope(k, cos[pos], sin[pos], rotary_dim, is_neox)
+    if cos is not None:
+        pos = np.asarray(positions, dtype=np.int64)
+        if offsets is not None:
+            pos = pos + np.asarray(offsets, dtype=np.int64)  # [T], broadcast over the three rows of mRoPE
+        cos, sin = f64(cos), f64(sin)
+        pos = np.clip(pos, 0, cos.shape[0] - 1)
+        rows = [table_rows(tab, pos, rotary_dim, is_neox, mrope_section, mrope_interleaved) for tab in (cos, sin)]
+        q = rope(q, *rows, rotary_dim, is_neox)
+        k = rope(k, *rows, rotary_dim, is_neox)
 
     sm = np.asarray(slot_mapping, dtype=np.int64)
     slots = np.full(T, -1, dtype=np.int64)
@@ -171,7 +204,7 @@ def reference(
 
     ek, ev = scaled(k, k_scale), scaled(v, v_scale)
     return OracleResult(
-        q=q, gate=None if gate is None else gate.copy(), k=k, v=v.copy(), slots=slots,
+        q=q, gate=None if gate is None else gate.copy(), k=k, v=v, slots=slots,
         exact_key_cache=ek, exact_value_cache=ev,
         key_cache_values=round_to_format(ek, key_cache_dtype),
         value_cache_values=round_to_format(ev, value_cache_dtype),
