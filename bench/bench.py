@@ -38,7 +38,28 @@ SHAPES = {
                attn_output_gate=False, cache="float8_e4m3fn", scale=True, return_kv=True),
     "S4": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
                attn_output_gate=False, cache="bfloat16", scale=False, return_kv=False),
+    # Qwen3-VL-8B-like: interleaved mRoPE over [3, T] positions
+    "S5": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="bfloat16", scale=False, return_kv=True,
+               mrope_section=(24, 20, 20), mrope_interleaved=True),
+    # Gemma-4-like global layer: D=512, K=V, V-norm, 'proportional' RoPE (partial_rotary_factor 0.25) as
+    # transformers builds it: a full-width bf16 table whose last 3/4 of the frequencies are zero
+    "S6": dict(num_q_heads=16, num_kv_heads=4, head_dim=512, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="bfloat16", scale=False, return_kv=True,
+               k_eq_v=True, v_norm=True, table="proportional"),
 }
+# the options only the fused op has (S5, S6): their rows add ``fused_plain``, the same shape without them, and
+# leave out the unfused chains (which cover the options of S1-S4)
+NEW_OPTIONS = ("mrope_section", "mrope_interleaved", "k_eq_v", "v_norm")
+
+
+def plain_shape(shape: dict) -> dict:
+    """The shape without the options of NEW_OPTIONS (plain positions, a V block, no V-norm; the same table)."""
+    return {k: v for k, v in shape.items() if k not in NEW_OPTIONS}
+
+
+def has_new_options(shape: dict) -> bool:
+    return any(shape.get(k) for k in NEW_OPTIONS)
 TOKENS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
 CACHE_SLOTS = 1 << 18  # 256k slots: 512 MB per cache for S1 (10x the H100's L2)
 BLOCK_SIZE = 16
@@ -51,11 +72,11 @@ def min_bytes(shape: dict, T: int) -> int:
     QH, KVH, D = shape["num_q_heads"], shape["num_kv_heads"], shape["head_dim"]
     R = shape["rotary_dim"] or D
     gate = shape["attn_output_gate"]
-    width = (QH * (2 if gate else 1) + 2 * KVH) * D
+    width = (QH * (2 if gate else 1) + (1 if shape.get("k_eq_v") else 2) * KVH) * D
     cache_item = 1 if shape["cache"].startswith("float8") else 2
     b = T * width * 2  # qkv
-    b += 2 * T * (R // 2) * 4  # cos, sin rows
-    b += 2 * T * 8  # positions, slot_mapping
+    b += 2 * T * (R // 2) * (2 if shape.get("table") == "proportional" else 4)  # cos, sin: one entry per pair
+    b += T * 8 * (3 if shape.get("mrope_section") else 1) + T * 8  # positions, slot_mapping
     b += T * QH * D * 2 * (2 if gate else 1)  # q (+ gate)
     b += (2 * T * KVH * D * 2) if shape["return_kv"] else 0  # k, v outputs
     b += 2 * T * KVH * D * cache_item  # cache writes
@@ -63,8 +84,10 @@ def min_bytes(shape: dict, T: int) -> int:
 
 
 def _cfg(shape):
-    return {k: shape[k] for k in ("num_q_heads", "num_kv_heads", "head_dim", "norm_weight_offset", "rotary_dim",
-                                  "attn_output_gate")}
+    cfg = {k: shape[k] for k in ("num_q_heads", "num_kv_heads", "head_dim", "norm_weight_offset", "rotary_dim",
+                                 "attn_output_gate")}
+    cfg.update({k: shape[k] for k in NEW_OPTIONS if shape.get(k)})
+    return cfg
 
 
 def torch_inputs(shape: dict, T: int, seed: int = 0):
@@ -75,15 +98,31 @@ def torch_inputs(shape: dict, T: int, seed: int = 0):
     R = shape["rotary_dim"] or D
     width = (QH * (2 if shape["attn_output_gate"] else 1) + 2 * KVH) * D
     inv = 1.0 / (1e6 ** (torch.arange(0, R, 2, device="cuda", dtype=torch.float64) / R))
+    if shape.get("table") == "proportional":
+        inv[R // 8:] = 0.0  # partial_rotary_factor 0.25: the first quarter of the frequencies rotate
     ang = torch.arange(MAX_POS, device="cuda", dtype=torch.float64)[:, None] * inv
     cdt = getattr(torch, shape["cache"])
     cache_shape = (CACHE_SLOTS // BLOCK_SIZE, BLOCK_SIZE, KVH, D)
+    # the plain qkv (with a V block); k_eq_v reads its first columns, without the V block (a strided view)
+    qkv = torch.randn(T, width, device="cuda", generator=g).to(torch.bfloat16)
+    positions = torch.randint(0, MAX_POS, (T,), device="cuda", generator=g)
+    extra = {}
+    if shape.get("mrope_section"):
+        extra["positions_plain"] = positions
+        positions = torch.randint(0, MAX_POS, (3, T), device="cuda", generator=g)
+    if shape.get("k_eq_v"):
+        extra["qkv_plain"] = qkv
+        qkv = qkv[:, :width - KVH * D].contiguous()
+    cos, sin = ang.cos().float(), ang.sin().float()
+    if shape.get("table") == "proportional":  # as transformers hands it to the model: full width, model dtype
+        cos, sin = (torch.cat([t, t], -1).to(torch.bfloat16) for t in (cos, sin))
     return dict(
-        qkv=torch.randn(T, width, device="cuda", generator=g).to(torch.bfloat16),
+        extra,
+        qkv=qkv,
         q_weight=(torch.rand(D, device="cuda", generator=g) + 0.5).to(torch.bfloat16),
         k_weight=(torch.rand(D, device="cuda", generator=g) + 0.5).to(torch.bfloat16),
-        cos=ang.cos().float(), sin=ang.sin().float(),
-        positions=torch.randint(0, MAX_POS, (T,), device="cuda", generator=g),
+        cos=cos, sin=sin,
+        positions=positions,
         key_cache=torch.randn(cache_shape, device="cuda", generator=g).to(cdt),
         value_cache=torch.randn(cache_shape, device="cuda", generator=g).to(cdt),
         slot_mapping=torch.randperm(CACHE_SLOTS, device="cuda", generator=g)[:T],
@@ -228,6 +267,13 @@ def torch_impls(shape, inp):
     args = [inp[k] for k in ARRAY_NAMES[:9]]
     fused = lambda: op(*args, **cfg, k_scale=inp["k_scale"], v_scale=inp["v_scale"],  # noqa: E731
                        return_kv=shape["return_kv"])
+    if has_new_options(shape):  # and the same shape without them
+        plain = dict(inp, qkv=inp.get("qkv_plain", inp["qkv"]), positions=inp.get("positions_plain",
+                                                                                 inp["positions"]))
+        pargs = [plain[k] for k in ARRAY_NAMES[:9]]
+        fused_plain = lambda: op(*pargs, **_cfg(plain_shape(shape)), k_scale=inp["k_scale"],  # noqa: E731
+                                 v_scale=inp["v_scale"], return_kv=shape["return_kv"])
+        return {"fused_torch": fused, "fused_plain": fused_plain}
     eager = lambda: unfused(*args, k_scale=inp["k_scale"], v_scale=inp["v_scale"], **cfg)  # noqa: E731
     math_c = torch.compile(prologue_math, dynamic=True)
 
@@ -291,7 +337,7 @@ def jax_impls(shape, inp):
             return jnp.asarray(t.float().cpu().numpy()).astype(jnp.dtype(str(t.dtype).removeprefix("torch.")))
         return jnp.asarray(t.cpu().numpy())
 
-    j = {k: to_jax(v) for k, v in inp.items()}
+    j = {k: to_jax(v) for k, v in inp.items() if not k.endswith("_plain")}
     j["positions"] = j["positions"].astype(jnp.int32)
     j["slot_mapping"] = j["slot_mapping"].astype(jnp.int32)
     state = {"kc": j.pop("key_cache"), "vc": j.pop("value_cache")}
@@ -317,6 +363,8 @@ def jax_impls(shape, inp):
             return outs
         return call
 
+    if has_new_options(shape):
+        return {"fused_jax": caller(fused)}
     return {"fused_jax": caller(fused), "unfused_jax": caller(chain)}
 
 
@@ -359,8 +407,9 @@ def run(shapes, tokens, out_dir, with_jax=True):
                 res["copy_same_bytes"] = same_bytes_copy_us(nbytes, reps, per_graph)
             res["floor"] = nbytes / (copy_bw * 1e9) * 1e6
             for name, us in res.items():
-                rows.append(dict(shape=sname, T=T, impl=name, us=us, bytes=nbytes,
-                                 gbps=nbytes / (us * 1e-6) / 1e9, pct_copy=100 * nbytes / (us * 1e-6) / 1e9 / copy_bw,
+                b = min_bytes(plain_shape(shape), T) if name == "fused_plain" else nbytes
+                rows.append(dict(shape=sname, T=T, impl=name, us=us, bytes=b,
+                                 gbps=b / (us * 1e-6) / 1e9, pct_copy=100 * b / (us * 1e-6) / 1e9 / copy_bw,
                                  latency_only=T <= L2_TOKENS))
             f = res["fused_torch"]
             line = " ".join(f"{k}={v:8.1f}" for k, v in res.items())
@@ -393,7 +442,8 @@ def verify(shape, inp, out, jax_call=None) -> dict:
                     head_dim=shape["head_dim"], num_cache_slots=CACHE_SLOTS, key_cache_dtype=shape["cache"],
                     value_cache_dtype=shape["cache"], norm_weight_offset=shape["norm_weight_offset"],
                     rotary_dim=shape["rotary_dim"], attn_output_gate=shape["attn_output_gate"],
-                    k_scale=f64(inp["k_scale"]), v_scale=f64(inp["v_scale"]))
+                    k_scale=f64(inp["k_scale"]), v_scale=f64(inp["v_scale"]),
+                    **{k: shape[k] for k in NEW_OPTIONS if shape.get(k)})
     slots = inp["slot_mapping"].cpu()
     flat = lambda c: c.reshape(-1, *c.shape[-2:])[slots.to(c.device)]  # noqa: E731
     scores = {"q": rounding_error(f64(out.q), ref.q, "bfloat16")[0],
@@ -401,6 +451,7 @@ def verify(shape, inp, out, jax_call=None) -> dict:
               "value_cache": rounding_error(f64(flat(inp["value_cache"])), ref.exact_value_cache, shape["cache"])[0]}
     if shape["return_kv"]:
         scores["k"] = rounding_error(f64(out.k), ref.k, "bfloat16")[0]
+        scores["v"] = rounding_error(f64(out.v), ref.v, "bfloat16")[0]
     if jax_call is not None:
         import jax.numpy as jnp
 
@@ -493,11 +544,13 @@ def sweep_stream(shapes, tokens, out_dir):
 
 def print_table(result):
     rows = result["rows"]
-    impls = ["fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax", "floor"]
+    impls = ["fused_torch", "fused_jax", "fused_plain", "unfused_eager", "compiled_math", "unfused_jax", "floor"]
     print("\nGPU time per call (us); fused GB/s and % of copy bandwidth; speed-up of fused_torch over baselines"
           " (fused_jax over unfused_jax); jax/torch: kernel time of the fused JAX op over the fused torch op's, both"
           " from the profiler; jax bound: unfused_jax / floor, the most any op could gain over the jax chain;"
           " 1-copy %: one device copy of the same bytes, timed the same way, in % of copy bandwidth;"
+          " x plain: fused_torch / fused_plain, the cost of S5/S6's options (fused_plain: the same shape without"
+          " them, its own bytes);"
           " * = T <= 1024: latency only (working set in L2)")
     kernel = result.get("kernel_us", {})
     kern = lambda s, T, i: kernel.get(f"{s}:{T}:{i}", float("nan"))  # noqa: E731
@@ -506,7 +559,7 @@ def print_table(result):
         by.setdefault((r["shape"], r["T"]), {})[r["impl"]] = r
     head = f"{'shape':<5} {'T':>6} " + " ".join(f"{i:>13}" for i in impls) + \
         f" {'GB/s':>6} {'%copy':>6} {'x eager':>8} {'x compile':>9} {'jax x':>6} {'jax bound':>9}" \
-        f" {'jax/torch':>9} {'1-copy %':>8}"
+        f" {'jax/torch':>9} {'1-copy %':>8} {'x plain':>7}"
     print(head)
     for (s, T), d in by.items():
         get = lambda k, d=d: d[k]["us"] if k in d else float("nan")  # noqa: E731
@@ -516,7 +569,8 @@ def print_table(result):
               f" {get('unfused_eager') / get('fused_torch'):>8.2f} {get('compiled_math') / get('fused_torch'):>9.2f}"
               f" {get('unfused_jax') / get('fused_jax'):>6.2f} {get('unfused_jax') / get('floor'):>9.2f}"
               f" {kern(s, T, 'fused_jax') / kern(s, T, 'fused_torch'):>9.2f}"
-              f" {d['copy_same_bytes']['pct_copy'] if 'copy_same_bytes' in d else float('nan'):>8.1f}")
+              f" {d['copy_same_bytes']['pct_copy'] if 'copy_same_bytes' in d else float('nan'):>8.1f}"
+              f" {get('fused_torch') / get('fused_plain'):>7.2f}")
     print(f"torch eager launcher: native {result.get('native_launcher', 'not recorded')}")
     print("host overhead per eager call at T=16, in aten ops:",
           ", ".join(f"{k} {v:.2f}" for k, v in result["host_overhead_ratio"].items()))
@@ -619,7 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated shapes to time: " + "; ".join(
                             f"{k}: {v['num_q_heads']} q / {v['num_kv_heads']} kv heads, D={v['head_dim']}"
                             + (", gate" if v["attn_output_gate"] else "") + f", {v['cache']} cache"
-                            + ("" if v["return_kv"] else ", no k/v outputs") for k, v in SHAPES.items()))
+                            + ("" if v["return_kv"] else ", no k/v outputs")
+                            + (f", mRoPE {v['mrope_section']}" if v.get("mrope_section") else "")
+                            + (", K=V" if v.get("k_eq_v") else "") + (", V-norm" if v.get("v_norm") else "")
+                            for k, v in SHAPES.items()))
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)),
                         help="comma-separated token counts T to time at each shape")
     parser.add_argument("--out", default="bench/results",

@@ -102,13 +102,23 @@ class OpConfig:
         return (self.num_q_heads * (2 if self.attn_output_gate else 1) + kv_blocks * self.num_kv_heads) * self.head_dim
 
 
-def _check_mrope_section(section, rotary: int) -> tuple:
-    """``mrope_section`` as a tuple of three non-negative ints summing to ``rotary_dim // 2``."""
+def mrope_section_tuple(section) -> Optional[tuple]:
+    """``mrope_section`` (None, or a list/tuple of three ints, as Hugging Face configs hold it) as a tuple; raises
+    TypeError otherwise. Frontends call it first: a tuple of exact ints keys their caches safely ((16.0, 8, 8)
+    hashes and compares like (16, 8, 8))."""
+    if section is None:
+        return None
     if not isinstance(section, (tuple, list)):
         raise TypeError(f"mrope_section must be None or a list/tuple of three ints (t, h, w), got "
                         f"{type(section).__name__}")
     if len(section) != 3 or not all(_is_int(x) for x in section):
         raise TypeError(f"mrope_section must hold three ints (t, h, w), got {section!r}")
+    return tuple(int(x) for x in section)
+
+
+def _check_mrope_section(section, rotary: int) -> tuple:
+    """``mrope_section`` as a tuple of three non-negative ints summing to ``rotary_dim // 2``."""
+    section = mrope_section_tuple(section)
     if any(x < 0 for x in section) or sum(section) != rotary // 2:
         raise ValueError(f"mrope_section must be three non-negative ints with t + h + w == rotary_dim // 2 = "
                          f"{rotary // 2}, got {tuple(section)} (sum {sum(section)})")

@@ -183,15 +183,38 @@ def _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE: tl.constexpr, HAS_L
 
 
 @triton.jit
+def _mrope_row(i, MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr, MROPE_W: tl.constexpr):
+    """[BLOCK_HALF] row of the [3, T] positions (0 temporal, 1 height, 2 width) that frequency ``i`` reads."""
+    if MROPE == 1:  # contiguous sections (Qwen2-VL, Qwen2.5-VL)
+        return (i >= MROPE_T).to(tl.int32) + (i >= MROPE_T + MROPE_H).to(tl.int32)
+    else:  # interleaved (Qwen3-VL)
+        r = i % 3
+        return tl.where((r == 1) & (i < 3 * MROPE_H), 1, tl.where((r == 2) & (i < 3 * MROPE_W), 2, 0))
+
+
+@triton.jit
+def _load_position(positions_ptr, offsets_ptr, row_off, tok64, tok_mask, num_table_rows, HAS_OFFSETS: tl.constexpr,
+                   POS_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr):
+    """[BLOCK_T] table row of each token: clamp(position + offset, 0, rows - 1). Positions are clamped in their own
+    dtype (the sum with offsets in int64) and widened after: int64 arithmetic on int32 positions costs registers,
+    hence occupancy, in the 16-token programs (tests/test_load_order.py checks the count)."""
+    pos = tl.load(positions_ptr + row_off + tok64 * POS_STRIDE, mask=tok_mask, other=0)
+    if HAS_OFFSETS:
+        pos = pos.to(tl.int64) + tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+    return tl.minimum(tl.maximum(pos, 0), num_table_rows - 1).to(tl.int64)
+
+
+@triton.jit
 def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64,
                     tok_mask, row_mask, num_table_rows, eps, norm_weight_offset, i, a_offs, b_offs, p_offs,
-                    half_mask, pass_mask, HAS_PASS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+                    half_mask, pass_mask, HAS_PASS: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_ROPE: tl.constexpr,
+                    MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr, MROPE_W: tl.constexpr,
                     HEAD_DIM: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
-                    OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
-                    SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr):
+                    POS_ROW_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr,
+                    COS_COL_STRIDE: tl.constexpr, SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr):
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
-    channel groups once, RMSNorm (if HAS_NORM), rotate. Returns fp32 (A, B, P) after RoPE."""
+    channel groups once, RMSNorm (if HAS_NORM), rotate (if HAS_ROPE). Returns fp32 (A, B, P) after RoPE."""
     ld_half = row_mask & half_mask
     a = _load_once(src + a_offs, ld_half, EVICT)
     b = _load_once(src + b_offs, ld_half, EVICT)
@@ -199,22 +222,26 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         p = _load_once(src + p_offs, row_mask & pass_mask, EVICT).to(tl.float32)
     else:
         p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
-    # rotary table rows: clamp(position + offset, 0, rows - 1). Positions are clamped in their own dtype (the sum
-    # with offsets in int64) and widened after: int64 arithmetic on int32 positions costs registers, hence
-    # occupancy, in the 16-token programs (tests/test_load_order.py checks the count).
-    pos = tl.load(positions_ptr + tok64 * POS_STRIDE, mask=tok_mask, other=0)
-    if HAS_OFFSETS:
-        pos = pos.to(tl.int64) + tl.load(offsets_ptr + tok64 * OFF_STRIDE, mask=tok_mask, other=0).to(tl.int64)
+    if HAS_ROPE:
+        pos = _load_position(positions_ptr, offsets_ptr, 0, tok64, tok_mask, num_table_rows, HAS_OFFSETS,
+                             POS_STRIDE, OFF_STRIDE)[:, None]
+        if MROPE != 0:  # each frequency reads the position row of its section
+            pos_h = _load_position(positions_ptr, offsets_ptr, POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
+                                   HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
+            pos_w = _load_position(positions_ptr, offsets_ptr, 2 * POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
+                                   HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
+            sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
+            pos = tl.where(sec == 1, pos_h, tl.where(sec == 2, pos_w, pos))
     if HAS_NORM:
         off = tl.cast(norm_weight_offset, tl.float32)
         wa = _load_weight(w_ptr, a_offs, half_mask, off)
         wb = _load_weight(w_ptr, b_offs, half_mask, off)
         if HAS_PASS:
             wp = _load_weight(w_ptr, p_offs, pass_mask, off)
-    pos = tl.minimum(tl.maximum(pos, 0), num_table_rows - 1).to(tl.int64)[:, None]
-    tcol = (i * TABLE_STEP)[None, :]
-    c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
-    s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+    if HAS_ROPE:
+        tcol = (i * TABLE_STEP)[None, :]
+        c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
     a = a.to(tl.float32)
     b = b.to(tl.float32)
     if HAS_NORM:
@@ -223,7 +250,10 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         b = b * r * wb
         if HAS_PASS:
             p = p * r * wp
-    return a * c - b * s, b * c + a * s, p
+    if HAS_ROPE:
+        return a * c - b * s, b * c + a * s, p
+    else:
+        return a, b, p
 
 
 @triton.jit
@@ -241,6 +271,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     PAIR_STEP: tl.constexpr,  # 1 (NeoX: A = x[i]) or 2 (GPT-J: A = x[2i])
     PAIR_DELTA: tl.constexpr,  # offset from A to its partner B: rotary_dim/2 (NeoX) or 1 (GPT-J)
     TABLE_STEP: tl.constexpr,  # table column of pair i is i * TABLE_STEP (2 for GPT-J full tables)
+    HAS_ROPE: tl.constexpr,  # False: no tables, no rotation (NoPE layers)
+    MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr, MROPE_W: tl.constexpr,  # 0: [T] positions
+    V_NORM: tl.constexpr,  # V is RMS-normalised without a weight
     NUM_HEAD_PROGS: tl.constexpr, K_END: tl.constexpr, V_END: tl.constexpr,
     Q_HEAD_STRIDE: tl.constexpr,  # qkv columns between consecutive Q heads (D, or 2D interleaved)
     GATE_COL0: tl.constexpr, GATE_HEAD_STRIDE: tl.constexpr, K_COL0: tl.constexpr, V_COL0: tl.constexpr,
@@ -250,7 +283,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     K_MBITS: tl.constexpr, K_EMIN: tl.constexpr, K_MAXV: tl.constexpr,  # K_MBITS 0: cache is not fp8
     V_MBITS: tl.constexpr, V_EMIN: tl.constexpr, V_MAXV: tl.constexpr,
     K_SOFT_FP8: tl.constexpr, V_SOFT_FP8: tl.constexpr,  # interpreter only: no fnuz type there
-    QKV_ROW_STRIDE: tl.constexpr, POS_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, SLOT_STRIDE: tl.constexpr,
+    QKV_ROW_STRIDE: tl.constexpr, POS_STRIDE: tl.constexpr, POS_ROW_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr,
+    SLOT_STRIDE: tl.constexpr,
     COS_ROW_STRIDE: tl.constexpr, COS_COL_STRIDE: tl.constexpr,
     SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr,
     KC_LAYER_STRIDE: tl.constexpr, KC_BLOCK_STRIDE: tl.constexpr, KC_SLOT_STRIDE: tl.constexpr,
@@ -306,9 +340,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
             a_rot, b_rot, p = _load_norm_rope(
                 qkv_row + head * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, cos_ptr, sin_ptr, positions_ptr,
                 offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
-                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
-                POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
-                BLOCK_T, BLOCK_PASS, EVICT_FIRST)
+                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
+                MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
+                COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST)
             q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
             _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
                         HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
@@ -320,9 +354,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
             a_rot, b_rot, p = _load_norm_rope(
                 qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
                 offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
-                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HEAD_DIM, TABLE_STEP,
-                POS_STRIDE, OFF_STRIDE, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE,
-                BLOCK_T, BLOCK_PASS, EVICT_FIRST)
+                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
+                MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
+                COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST)
             slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                             KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
             if RETURN_KV:
@@ -338,24 +372,32 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                         a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
                         key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
     elif head < V_END:
-        # ---------------- V head: copy + cache write ----------------
+        # ---------------- V head: copy (V-norm) + cache write; k_eq_v: V_COL0 is the K block ----------------
         vh = head - K_END
         x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, EVICT_FIRST)  # V head
         slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
         if V_SCALE_MODE != 0:
             vs = tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
+        if V_NORM:
+            xf = x.to(tl.float32)
+            ss = tl.reduce(xf * xf, 1, tl.standard._sum_combine)  # masked lanes hold 0 (see _rms_scale)
+            xf = xf * tl.math.rsqrt(ss / HEAD_DIM + eps32)[:, None]
         if RETURN_KV:
-            v_dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None]
-            _store_once(v_dst + d[None, :], x, row_mask & d_mask, EVICT_FIRST)
+            v_dst = v_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + vh * HEAD_DIM)[:, None] + d[None, :]
+            if V_NORM:
+                _store_converted(v_dst, xf, row_mask & d_mask, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+            else:
+                _store_once(v_dst, x, row_mask & d_mask, EVICT_FIRST)
         slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                         VC_LAYER_STRIDE, VC_BLOCK_STRIDE, VC_SLOT_STRIDE)
         cache_off = slot_base + vh * VC_HEAD_STRIDE
         cache_dtype = value_cache_ptr.dtype.element_ty
         vc_dst = value_cache_ptr + cache_off[:, None] + d[None, :]
-        if V_SCALE_MODE == 0 and V_MBITS == 0:
+        if V_SCALE_MODE == 0 and V_MBITS == 0 and not V_NORM:
             _store_once(vc_dst, x.to(cache_dtype), slot_ok[:, None] & d_mask, EVICT_FIRST)  # same dtype: exact copy
         else:
-            xf = x.to(tl.float32)
+            if not V_NORM:
+                xf = x.to(tl.float32)
             if V_SCALE_MODE != 0:
                 xf = xf / vs
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,

@@ -19,7 +19,7 @@ from .config import OpConfig, check_int
 # The array arguments of the public functions, in their positional order, then the optional keyword ones.
 ARRAY_NAMES = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping",
                "offsets", "k_scale", "v_scale")
-REQUIRED_ARRAYS = ("qkv", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping")
+REQUIRED_ARRAYS = ("qkv", "key_cache", "value_cache", "slot_mapping")  # cos, sin, positions: None on NoPE layers
 
 # Kernel argument order (see core/kernel.py). jax-triton passes inputs, then scalars, then one pointer per output;
 # constexprs go by keyword.
@@ -158,14 +158,15 @@ def _check_device(name, arr: ArrayInfo, device):
 
 def _check_qkv(qkv: ArrayInfo, config: OpConfig) -> None:
     gate_mult = 2 if config.attn_output_gate else 1
+    kv_mult = 1 if config.k_eq_v else 2
     width = config.qkv_width
-    _check_ndim("qkv", qkv, 2, "[num_tokens, (num_q_heads*(2 if gate) + 2*num_kv_heads)*head_dim]")
+    _check_ndim("qkv", qkv, 2, "[num_tokens, (num_q_heads*(2 if gate) + (1 if k_eq_v else 2)*num_kv_heads)*head_dim]")
     _check_dtype("qkv", qkv, FLOAT_INPUT_DTYPES)
     if qkv.shape[1] != width:
         raise ValueError(
-            f"qkv must have width (num_q_heads*{gate_mult} + 2*num_kv_heads)*head_dim = "
-            f"({config.num_q_heads}*{gate_mult} + 2*{config.num_kv_heads})*{config.head_dim} = {width}, "
-            f"got {qkv.shape[1]}")
+            f"qkv must have width (num_q_heads*{gate_mult} + {kv_mult}*num_kv_heads)*head_dim = "
+            f"({config.num_q_heads}*{gate_mult} + {kv_mult}*{config.num_kv_heads})*{config.head_dim} = {width}"
+            f"{' (k_eq_v: no V block)' if config.k_eq_v else ''}, got {qkv.shape[1]}")
     if width > 1 and qkv.strides[1] != 1:
         raise ValueError(f"qkv must be contiguous in its last dim (stride 1), got strides {tuple(qkv.strides)}")
     if qkv.shape[0] > 1 and qkv.strides[0] < width:
@@ -187,10 +188,22 @@ def _check_weights(arrays, config: OpConfig) -> None:
         _check_device(name, w, device)
 
 
-def _check_tables(arrays, config: OpConfig) -> None:
+def _check_tables(arrays, config: OpConfig) -> bool:
+    """Returns whether the call rotates (cos and sin given; both None is a NoPE layer)."""
     rotary_dim, device = config.rotary, arrays["qkv"].device
     half = rotary_dim // 2
     cos, sin = arrays["cos"], arrays["sin"]
+    if cos is None or sin is None:
+        if cos is not None or sin is not None:
+            given, missing = ("cos", "sin") if sin is None else ("sin", "cos")
+            raise ValueError(f"{missing} is None but {given} is given: pass both tables, or neither for a layer "
+                             f"without RoPE (NoPE)")
+        for name, value in (("rotary_dim", config.rotary_dim), ("mrope_section", config.mrope_section),
+                            ("offsets", arrays["offsets"])):
+            if value is not None:
+                raise ValueError(f"{name} must be None when cos and sin are None (a layer without RoPE), got "
+                                 f"{value if name != 'offsets' else 'an array'}")
+        return False
     for name, tab in (("cos", cos), ("sin", sin)):
         _check_ndim(name, tab, 2, "[max_positions, rotary_dim/2 or rotary_dim]")
         _check_dtype(name, tab, TABLE_DTYPES)
@@ -203,12 +216,26 @@ def _check_tables(arrays, config: OpConfig) -> None:
             raise ValueError(f"{name} must have at least one row (position)")
     if tuple(cos.shape) != tuple(sin.shape):
         raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    if arrays["positions"] is None:
+        raise TypeError("positions is required when cos and sin are given, got None")
+    return True
 
 
-def _check_index_arrays(arrays) -> None:
+def _check_positions(pos: ArrayInfo, T: int, config: OpConfig, device) -> None:
+    if config.mrope_section is None:
+        _check_vector("positions", pos, T, INDEX_DTYPES)
+    else:
+        _check_ndim("positions", pos, 2, "[3, T] (mrope_section: temporal, height, width rows)")
+        _check_dtype("positions", pos, INDEX_DTYPES)
+        if tuple(pos.shape) != (3, T):
+            raise ValueError(f"positions must be [3, num_tokens={T}] with mrope_section, got {tuple(pos.shape)}")
+    _check_device("positions", pos, device)
+
+
+def _check_index_arrays(arrays, config: OpConfig, rotates: bool) -> None:
     T, device = arrays["qkv"].shape[0], arrays["qkv"].device
-    _check_vector("positions", arrays["positions"], T, INDEX_DTYPES)
-    _check_device("positions", arrays["positions"], device)
+    if rotates or arrays["positions"] is not None:  # without tables it is not read, but must still make sense
+        _check_positions(arrays["positions"], T, config, device)
     if arrays["offsets"] is not None:
         _check_vector("offsets", arrays["offsets"], T, INDEX_DTYPES)
         _check_device("offsets", arrays["offsets"], device)
@@ -316,12 +343,12 @@ def plan_launch(arrays: Mapping[str, Optional[ArrayInfo]], config: OpConfig, *, 
     arrays = {n: arrays.get(n) for n in ARRAY_NAMES}
     _check_qkv(arrays["qkv"], config)
     _check_weights(arrays, config)
-    _check_tables(arrays, config)
-    _check_index_arrays(arrays)
+    rotates = _check_tables(arrays, config)
+    _check_index_arrays(arrays, config, rotates)
     num_blocks, block_size = _check_caches(arrays, config, layer, target)
     scale_modes = _scale_modes(arrays, config)
     check_overlaps(arrays["qkv"], arrays["key_cache"], arrays["value_cache"])  # the caches are written in place
-    plan = _build_plan(arrays, config, num_blocks, block_size, scale_modes, target, warp_size)
+    plan = _build_plan(arrays, config, rotates, num_blocks, block_size, scale_modes, target, warp_size)
     for observer in _plan_observers:
         observer(plan, target)
     return plan
@@ -341,28 +368,40 @@ def _fp8_constants(dtype: str):
     return (f.mbits, f.emin, f.max_finite) if f else (0, 0, 0.0)
 
 
-def _layout_constexprs(config: OpConfig) -> dict:
-    """Where each head's channels are in a qkv row, and the rotary pairing."""
+def _layout_constexprs(config: OpConfig, rotates: bool) -> dict:
+    """Where each head's channels are in a qkv row, and the rotary pairing (NoPE: the NeoX split, unrotated)."""
     D, QH, KVH, half = config.head_dim, config.num_q_heads, config.num_kv_heads, config.rotary // 2
     gate_mult = 2 if config.attn_output_gate else 1
     interleaved = config.attn_output_gate and config.gated_qkv_layout == "interleaved"
+    neox = config.is_neox or not rotates  # contiguous halves load as the widest vectors
+    k_col0 = QH * gate_mult * D
     return dict(
         NUM_Q_HEADS=QH, NUM_KV_HEADS=KVH, HEAD_DIM=D, HALF_ROT=half,
-        PAIR_STEP=1 if config.is_neox else 2, PAIR_DELTA=half if config.is_neox else 1,
+        PAIR_STEP=1 if neox else 2, PAIR_DELTA=half if neox else 1,
         NUM_HEAD_PROGS=QH + 2 * KVH + (QH if config.attn_output_gate else 0), K_END=QH + KVH, V_END=QH + 2 * KVH,
         Q_HEAD_STRIDE=2 * D if interleaved else D,
         GATE_COL0=D if interleaved else QH * D, GATE_HEAD_STRIDE=2 * D if interleaved else D,
-        K_COL0=QH * gate_mult * D, V_COL0=QH * gate_mult * D + KVH * D,
+        K_COL0=k_col0, V_COL0=k_col0 if config.k_eq_v else k_col0 + KVH * D,  # k_eq_v: V reads the K block
     )
 
 
-def _build_plan(arrays, config: OpConfig, num_blocks, block_size, scale_modes, target, warp_size) -> LaunchPlan:
+def _mrope_constexprs(config: OpConfig, positions: Optional[ArrayInfo]) -> dict:
+    """MROPE 0: one position per token; 1: contiguous (t, h, w) sections; 2: interleaved (Qwen3-VL)."""
+    section = config.mrope_section
+    if section is None:
+        return dict(MROPE=0, MROPE_T=0, MROPE_H=0, MROPE_W=0, POS_ROW_STRIDE=0)
+    return dict(MROPE=2 if config.mrope_interleaved else 1, MROPE_T=section[0], MROPE_H=section[1],
+                MROPE_W=section[2], POS_ROW_STRIDE=positions.strides[0])
+
+
+def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale_modes, target,
+                warp_size) -> LaunchPlan:
     qkv, key_cache, value_cache = arrays["qkv"], arrays["key_cache"], arrays["value_cache"]
     cos, sin, positions, offsets = arrays["cos"], arrays["sin"], arrays["positions"], arrays["offsets"]
     slot_mapping = arrays["slot_mapping"]
     T, D, rotary_dim = qkv.shape[0], config.head_dim, config.rotary
     half, in_dtype, has_layer = rotary_dim // 2, qkv.dtype, key_cache.ndim == 5
-    full_table = cos.shape[1] == rotary_dim and rotary_dim != half
+    full_table = rotates and cos.shape[1] == rotary_dim and rotary_dim != half
     kls, kbs, kss, khs = _cache_strides(key_cache, config.kv_cache_layout)
     vls, vbs, vss, vhs = _cache_strides(value_cache, config.kv_cache_layout)
     (k_mbits, k_emin, k_max), (v_mbits, v_emin, v_max) = map(_fp8_constants, (key_cache.dtype, value_cache.dtype))
@@ -370,17 +409,18 @@ def _build_plan(arrays, config: OpConfig, num_blocks, block_size, scale_modes, t
     block_d = next_pow2(D)
     block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
     constexprs = dict(
-        _layout_constexprs(config), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
+        _layout_constexprs(config, rotates), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
+        HAS_ROPE=rotates, **_mrope_constexprs(config, positions if rotates else None), V_NORM=config.v_norm,
         HAS_Q_NORM=arrays["q_weight"] is not None, HAS_K_NORM=arrays["k_weight"] is not None,
         HAS_OFFSETS=offsets is not None, HAS_LAYER=has_layer, HAS_GATE=config.attn_output_gate,
         RETURN_KV=config.return_kv, K_SCALE_MODE=scale_modes["k_scale"], V_SCALE_MODE=scale_modes["v_scale"],
         K_MBITS=k_mbits, K_EMIN=k_emin, K_MAXV=k_max, V_MBITS=v_mbits, V_EMIN=v_emin, V_MAXV=v_max,
         K_SOFT_FP8=target == "interpreter" and key_cache.dtype in SOFT_FP8_ON_INTERPRETER,
         V_SOFT_FP8=target == "interpreter" and value_cache.dtype in SOFT_FP8_ON_INTERPRETER,
-        QKV_ROW_STRIDE=qkv.strides[0], POS_STRIDE=positions.strides[0],
+        QKV_ROW_STRIDE=qkv.strides[0], POS_STRIDE=positions.strides[-1] if rotates else 0,
         OFF_STRIDE=offsets.strides[0] if offsets is not None else 0, SLOT_STRIDE=slot_mapping.strides[0],
-        COS_ROW_STRIDE=cos.strides[0], COS_COL_STRIDE=cos.strides[1],
-        SIN_ROW_STRIDE=sin.strides[0], SIN_COL_STRIDE=sin.strides[1],
+        COS_ROW_STRIDE=cos.strides[0] if rotates else 0, COS_COL_STRIDE=cos.strides[1] if rotates else 0,
+        SIN_ROW_STRIDE=sin.strides[0] if rotates else 0, SIN_COL_STRIDE=sin.strides[1] if rotates else 0,
         KC_LAYER_STRIDE=kls, KC_BLOCK_STRIDE=kbs, KC_SLOT_STRIDE=kss, KC_HEAD_STRIDE=khs,
         VC_LAYER_STRIDE=vls, VC_BLOCK_STRIDE=vbs, VC_SLOT_STRIDE=vss, VC_HEAD_STRIDE=vhs,
         BLOCK_SIZE=block_size, BLOCK_T=block_t, BLOCK_HALF=next_pow2(half),
@@ -391,7 +431,7 @@ def _build_plan(arrays, config: OpConfig, num_blocks, block_size, scale_modes, t
     )
     scalars = dict(
         num_tokens=T, num_slot_entries=slot_mapping.shape[0], num_cache_slots=num_blocks * block_size,
-        num_table_rows=cos.shape[0], eps=config.eps, norm_weight_offset=config.norm_weight_offset,
+        num_table_rows=cos.shape[0] if rotates else 1, eps=config.eps, norm_weight_offset=config.norm_weight_offset,
     )
     QH, KVH = config.num_q_heads, config.num_kv_heads
     out_shapes = {

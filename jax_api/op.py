@@ -10,7 +10,7 @@ Validation and the launch plan are the core's (``fused_qkv.core.plan_for``), as 
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +30,14 @@ from fused_qkv.core import (
     rocm_target,
 )
 from fused_qkv.core import indices as _indices
+from fused_qkv.core.config import mrope_section_tuple
 
 
 class FusedQKVJaxOutput(NamedTuple):
     """Outputs of :func:`fused_qkv_split_qk_norm_rope_cache` (JAX).
 
-    q: ``[T, QH, D]``; gate: ``[T, QH, D]`` or None; k, v: ``[T, KVH, D]`` (before scaling) or None with
-    ``return_kv=False``; key_cache, value_cache: the updated caches, same shape and dtype as given.
+    q: ``[T, QH, D]``; gate: ``[T, QH, D]`` or None; k, v: ``[T, KVH, D]`` (before scaling; v after ``v_norm``) or
+    None with ``return_kv=False``; key_cache, value_cache: the updated caches, same shape and dtype as given.
     """
 
     q: jax.Array
@@ -147,7 +148,8 @@ def fused_qkv_split_qk_norm_rope_cache(
     num_q_heads: int, num_kv_heads: int, head_dim: int, eps: float = 1e-6, norm_weight_offset: float = 0.0,
     is_neox: bool = True, rotary_dim: Optional[int] = None, offsets=None, attn_output_gate: bool = False,
     gated_qkv_layout: str = "interleaved", k_scale=None, v_scale=None, kv_cache_layout: str = "NHD",
-    return_kv: bool = True, layer: Any = None, check_indices: Optional[bool] = None,
+    return_kv: bool = True, mrope_section: Optional[Sequence[int]] = None, mrope_interleaved: bool = False,
+    v_norm: bool = False, k_eq_v: bool = False, layer: Any = None, check_indices: Optional[bool] = None,
 ) -> FusedQKVJaxOutput:
     """Split a packed QKV projection, RMS-normalise Q and K per head, apply RoPE, write K/V to a paged cache.
 
@@ -163,13 +165,16 @@ def fused_qkv_split_qk_norm_rope_cache(
     Shapes (``T`` tokens, ``QH = num_q_heads``, ``KVH = num_kv_heads``, ``D = head_dim``, ``R = rotary_dim``):
 
     Args:
-        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + 2 * KVH) * D]``, float16/bfloat16/float32. Column
-            layout: Q heads (with gates, see ``gated_qkv_layout``), then K heads, then V heads.
+        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + (1 if k_eq_v else 2) * KVH) * D]``,
+            float16/bfloat16/float32. Column layout: Q heads (with gates, see ``gated_qkv_layout``), then K heads,
+            then V heads (none with ``k_eq_v``).
         q_weight, k_weight: ``[D]`` RMSNorm weights (float16/bfloat16/float32), or None for no norm of Q / K.
         cos, sin: ``[P, R/2]`` half tables or ``[P, R]`` full tables as Hugging Face builds them (NeoX halves
-            repeated, GPT-J entries repeated twice; one copy is read), float32/bfloat16/float16.
-        positions: ``[T]`` int32/int64, the table row of each token (plus ``offsets``); values outside
-            ``[0, P)`` are clamped to the nearest row.
+            repeated, GPT-J entries repeated twice; one copy is read), float32/bfloat16/float16. Both None: a layer
+            without RoPE (NoPE: SmolLM3's ``no_rope_layers``, Llama 4's NoPE layers); then ``rotary_dim``,
+            ``mrope_section`` and ``offsets`` must be None and ``positions`` is not read (it may be None).
+        positions: ``[T]`` int32/int64, the table row of each token (plus ``offsets``); with ``mrope_section``
+            ``[3, T]`` (rows: temporal, height, width). Values outside ``[0, P)`` are clamped to the nearest row.
         key_cache, value_cache: paged caches, ``kv_cache_layout="NHD"``: ``[num_blocks, block_size, KVH, D]``
             (vLLM); ``"HND"``: ``[num_blocks, KVH, block_size, D]``; optionally with a leading layer axis
             ``[L, ...]`` (then ``layer`` selects the slice inside the kernel, so a scan over layers carrying the
@@ -189,6 +194,16 @@ def fused_qkv_split_qk_norm_rope_cache(
         k_scale, v_scale: optional float32 ``[1]`` or ``[KVH]``; the caches hold ``k / k_scale``, ``v / v_scale``.
         kv_cache_layout: ``"NHD"`` or ``"HND"`` (above).
         return_kv: return k and v (False: they only go to the caches).
+        mrope_section: multimodal RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): three non-negative ints ``(t, h, w)``
+            with ``t + h + w == R/2`` (a list, as Hugging Face configs hold it, or a tuple). Rotary frequency ``i``
+            takes its angle from positions row 0, 1 or 2: contiguous sections (``i < t`` -> 0, ``i < t + h`` -> 1,
+            else 2), or with ``mrope_interleaved=True`` (Qwen3-VL) ``i % 3 == 1 and i < 3h`` -> 1,
+            ``i % 3 == 2 and i < 3w`` -> 2, else 0. ``offsets`` adds to all three rows.
+        mrope_interleaved: the Qwen3-VL frequency assignment (above); needs ``mrope_section``.
+        v_norm: RMS-normalise V per head without a weight, ``v * rsqrt(mean(v^2) + eps)`` in float32 (Gemma 4),
+            before it is returned, scaled and written to the cache.
+        k_eq_v: ``qkv`` holds no V block; V is the raw K projection (before K's norm and RoPE), then ``v_norm``
+            if set (Gemma 4's ``attention_k_eq_v`` global layers). K and V still go to their own caches.
         layer: a Python int or a traced integer scalar indexing the caches' leading layer axis; None for 4-D
             caches.
         check_indices: development aid. ``True`` checks ``positions`` (plus ``offsets``) against the table and
@@ -201,9 +216,9 @@ def fused_qkv_split_qk_norm_rope_cache(
 
     Returns:
         :class:`FusedQKVJaxOutput` ``(q, gate, k, v, key_cache, value_cache)``: ``q [T, QH, D]`` and ``k, v
-        [T, KVH, D]`` in the input dtype (k/v before scaling, None with ``return_kv=False``), ``gate [T, QH, D]``
-        a copy or None, and the updated caches (same shape and dtype as given). Every value is computed in fp32
-        and rounded once to its storage dtype.
+        [T, KVH, D]`` in the input dtype (k/v before scaling, v after ``v_norm``; None with ``return_kv=False``),
+        ``gate [T, QH, D]`` a copy or None, and the updated caches (same shape and dtype as given). Every value is
+        computed in fp32 and rounded once to its storage dtype.
 
     Raises:
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout or value; a float64 (or
@@ -213,7 +228,9 @@ def fused_qkv_split_qk_norm_rope_cache(
     config = OpConfig(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
                       norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
                       attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
-                      kv_cache_layout=kv_cache_layout, return_kv=return_kv)
+                      kv_cache_layout=kv_cache_layout, return_kv=return_kv,
+                      mrope_section=mrope_section_tuple(mrope_section),
+                      mrope_interleaved=mrope_interleaved, v_norm=v_norm, k_eq_v=k_eq_v)
     given = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
                  key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
                  k_scale=k_scale, v_scale=v_scale)

@@ -5,7 +5,7 @@ Checks (``check_against_oracle``):
   oracle value correctly rounded to its storage dtype: ``|x - exact| <= ulp(exact)/2 + delta``,
   ``delta = 2**-16 * max|exact|`` covering the kernel's fp32 arithmetic (orders of magnitude
   below half an ulp of bf16/fp16/fp8). For fp8 the exact value is first saturated.
-- gate and v are bit-exact copies of their qkv columns;
+- gate and v are bit-exact copies of their qkv columns (v with ``v_norm``: correctly rounded like q and k);
 - every cache slot that no token addresses is bit-identical to the poison written before.
 """
 
@@ -56,6 +56,12 @@ class Case:
     qkv_scale: float = 1.0  # magnitude of qkv values
     pos_out_of_range: bool = False
     max_positions: int = 40
+    nope: bool = False  # cos = sin = positions = None: no rotation
+    mrope: Optional[str] = None  # None | contiguous | interleaved: positions [3, T]
+    section: Optional[tuple] = None  # mrope_section; default: see mrope_section below
+    mrope_rows: str = "random"  # random | equal (all three rows the same) | view (a transposed [T, 3] array)
+    v_norm: bool = False
+    k_eq_v: bool = False
     seed: int = 0
 
     @property
@@ -64,7 +70,19 @@ class Case:
 
     @property
     def width(self):
-        return (self.QH * (2 if self.gate else 1) + 2 * self.KVH) * self.D
+        return (self.QH * (2 if self.gate else 1) + (1 if self.k_eq_v else 2) * self.KVH) * self.D
+
+    @property
+    def mrope_section(self):
+        """The case's (t, h, w): given, or the proportions of Qwen2.5-VL (16, 24, 24) / Qwen3-VL (24, 20, 20)."""
+        if self.mrope is None or self.section is not None:
+            return self.section
+        half = self.R // 2
+        if self.mrope == "contiguous":
+            t = half // 4
+            return (t, (half - t) // 2, half - t - (half - t) // 2)
+        h = 5 * half // 16
+        return (half - 2 * h, h, h)
 
     def id(self):
         default = Case()
@@ -123,6 +141,15 @@ def make_inputs(case: Case, device="cpu"):
     else:
         positions = torch.randint(lo, hi, (T,), generator=gen).to(idt)
         offsets = None
+    if case.mrope is not None:  # rows: temporal, height, width
+        rows = torch.randint(lo, hi // 2 if case.with_offsets else hi, (3, T), generator=gen).to(idt)
+        if case.mrope_rows == "equal":
+            rows = positions.expand(3, T).clone()
+        elif case.mrope_rows == "view":
+            rows = rows.T.contiguous().T  # strides (1, 3)
+        positions = rows
+    if case.nope:
+        cos = sin = positions = None
 
     n_slots = case.num_blocks * case.block_size
     perm = torch.randperm(n_slots, generator=gen)
@@ -171,6 +198,10 @@ def make_inputs(case: Case, device="cpu"):
                   is_neox=case.is_neox, rotary_dim=case.rotary_dim, offsets=offsets,
                   attn_output_gate=case.gate is not None, gated_qkv_layout=case.gate or "interleaved",
                   k_scale=k_scale, v_scale=v_scale, kv_cache_layout=case.layout, return_kv=case.return_kv)
+    for name, value in (("mrope_section", case.mrope_section), ("mrope_interleaved", case.mrope == "interleaved"),
+                        ("v_norm", case.v_norm), ("k_eq_v", case.k_eq_v)):
+        if value:  # only options a case uses are passed (keeps the signature's defaults under test too)
+            kwargs[name] = list(value) if name == "mrope_section" else value
     if case.layers:
         kwargs["layer"] = case.layers - 1
     if device != "cpu":
@@ -213,14 +244,15 @@ def oracle_for(case: Case, args, kwargs):
     n_slots = case.num_blocks * case.block_size
     return reference(
         np64(args["qkv"]), np64(args["q_weight"]), np64(args["k_weight"]), np64(args["cos"]), np64(args["sin"]),
-        args["positions"].cpu().numpy(), args["slot_mapping"].cpu().numpy(),
+        None if args["positions"] is None else args["positions"].cpu().numpy(), args["slot_mapping"].cpu().numpy(),
         num_q_heads=case.QH, num_kv_heads=case.KVH, head_dim=case.D, num_cache_slots=n_slots,
         key_cache_dtype=str(kc.dtype).removeprefix("torch."),
         value_cache_dtype=str(args["value_cache"].dtype).removeprefix("torch."),
         eps=case.eps, norm_weight_offset=case.offset, is_neox=case.is_neox, rotary_dim=case.rotary_dim,
         offsets=None if kwargs["offsets"] is None else kwargs["offsets"].cpu().numpy(),
         attn_output_gate=case.gate is not None, gated_qkv_layout=case.gate or "interleaved",
-        k_scale=np64(kwargs["k_scale"]), v_scale=np64(kwargs["v_scale"]),
+        k_scale=np64(kwargs["k_scale"]), v_scale=np64(kwargs["v_scale"]), mrope_section=case.mrope_section,
+        mrope_interleaved=case.mrope == "interleaved", v_norm=case.v_norm, k_eq_v=case.k_eq_v,
     )
 
 
@@ -279,7 +311,10 @@ def check_against_oracle(case: Case, args, kwargs, out, kc_before, vc_before, kc
     if case.return_kv:
         assert tuple(out.k.shape) == (case.T, case.KVH, case.D) and out.k.dtype == TORCH_DTYPES[in_dtype]
         assert_rounded(np64(out.k), ref.k, in_dtype, "k")
-        assert torch.equal(as_bytes(out.v), as_bytes(torch.from_numpy(ref.v).to(qkv.dtype))), "v is not a copy"
+        if case.v_norm:
+            assert_rounded(np64(out.v), ref.v, in_dtype, "v")
+        else:
+            assert torch.equal(as_bytes(out.v), as_bytes(torch.from_numpy(ref.v).to(qkv.dtype))), "v is not a copy"
     else:
         assert out.k is None and out.v is None
 

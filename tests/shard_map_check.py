@@ -15,18 +15,20 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def check(gate, layout):
+def check(gate, layout, option=None):
+    """``option``: None, "mrope" (interleaved sections, [3, T] positions) or "k_eq_v" (no V block, V-norm)."""
     n = len(jax.devices())
     assert n == 4, f"expected 4 simulated devices, got {n}"
     mesh = jax.make_mesh((n,), ("tp",))
     QH, KVH, D, T, NB, BS = 8, 4, 32, 6, 4, 4
     rng = np.random.default_rng(1)
-    width = (QH * (2 if gate else 1) + 2 * KVH) * D
+    k_eq_v = option == "k_eq_v"
+    width = (QH * (2 if gate else 1) + (1 if k_eq_v else 2) * KVH) * D
     qkv = jnp.asarray(rng.standard_normal((T, width)) + 0.2, jnp.bfloat16)
     w = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.bfloat16)
     ang = np.arange(16)[:, None] * (1 / 10000 ** (np.arange(0, D, 2) / D))
     cos, sin = jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32)
-    pos = jnp.asarray(rng.integers(0, 16, T), jnp.int32)
+    pos = jnp.asarray(rng.integers(0, 16, (3, T) if option == "mrope" else T), jnp.int32)
     slots = jnp.asarray(rng.permutation(NB * BS)[:T], jnp.int32)
     cache_shape = (NB, BS, KVH, D) if layout == "NHD" else (NB, KVH, BS, D)
     kc = jnp.asarray(rng.standard_normal(cache_shape), jnp.bfloat16)
@@ -34,11 +36,16 @@ def check(gate, layout):
     head_axis = 2 if layout == "NHD" else 1
     kw = dict(head_dim=D, attn_output_gate=gate is not None, gated_qkv_layout=gate or "interleaved",
               kv_cache_layout=layout, norm_weight_offset=1.0 if gate else 0.0)
+    if option == "mrope":
+        kw.update(mrope_section=[6, 5, 5], mrope_interleaved=True)
+    elif option == "k_eq_v":
+        kw.update(k_eq_v=True, v_norm=True)
 
     full = op(qkv, w, w, cos, sin, pos, kc, vc, slots, num_q_heads=QH, num_kv_heads=KVH, **kw)
 
     perm = tensor_parallel_columns(n, num_q_heads=QH, num_kv_heads=KVH, head_dim=D,
-                                   attn_output_gate=gate is not None, gated_qkv_layout=gate or "interleaved")
+                                   attn_output_gate=gate is not None, gated_qkv_layout=gate or "interleaved",
+                                   k_eq_v=k_eq_v)
     qkv_tp = qkv[:, jnp.asarray(perm)]
     cache_spec = P(*[("tp" if i == head_axis else None) for i in range(4)])
 
@@ -62,11 +69,13 @@ def check(gate, layout):
         a, b = np.asarray(a), np.asarray(b)
         assert a.shape == b.shape, (name, a.shape, b.shape)
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16)), f"{name}: sharded != unsharded"
-    print(f"shard_map gate={gate} layout={layout}: q, k, v, gate, caches bit-identical on {n} devices")
+    print(f"shard_map gate={gate} layout={layout} option={option}: q, k, v, gate, caches bit-identical on {n} "
+          f"devices")
 
 
 if __name__ == "__main__":
-    for gate, layout in ((None, "NHD"), ("interleaved", "HND"), ("blocked", "NHD")):
-        check(gate, layout)
+    for gate, layout, option in ((None, "NHD", None), ("interleaved", "HND", None), ("blocked", "NHD", None),
+                                 (None, "NHD", "mrope"), ("interleaved", "HND", "k_eq_v")):
+        check(gate, layout, option)
     print("SHARD_MAP OK")
     sys.exit(0)

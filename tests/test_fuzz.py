@@ -1,4 +1,7 @@
-"""Hypothesis fuzz over configurations: every draw is checked against the oracle, untouched slots included."""
+"""Hypothesis fuzz over configurations: every draw is checked against the oracle, untouched slots included.
+
+Every option is drawn independently, so any combination of them (mRoPE, NoPE, V-norm and K=V with the gate,
+GPT-J, partial rotary, HND, fp8 caches, per-head scales, ``layer=``, short ``slot_mapping``) is reachable."""
 
 import dataclasses
 
@@ -18,6 +21,15 @@ def cases(draw):
     num_blocks = draw(st.integers(1, 6))
     t = draw(st.integers(1, min(20, block_size * num_blocks)))
     cache_dtype = draw(st.sampled_from([None] + FP8_ON_DEVICE))
+    rope = draw(st.sampled_from(["rope", "nope", "contiguous", "interleaved"]))
+    section = None
+    if rope in ("contiguous", "interleaved"):
+        half = (rot or d) // 2
+        t_sec = draw(st.integers(0, half))
+        h_sec = draw(st.integers(0, half - t_sec))
+        section = (t_sec, h_sec, half - t_sec - h_sec)
+    elif rope == "nope":
+        rot = None
     return Case(
         T=t, QH=qh, KVH=kvh, D=d, rotary_dim=rot,
         dtype=draw(st.sampled_from(["bfloat16", "float16", "float32"])),
@@ -32,6 +44,9 @@ def cases(draw):
         block_size=block_size, num_blocks=num_blocks, q_norm=draw(st.booleans()), k_norm=draw(st.booleans()),
         return_kv=draw(st.booleans()), qkv_scale=draw(st.sampled_from([0.5, 1.0, 50.0])),
         pos_out_of_range=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+        nope=rope == "nope", mrope=None if section is None else rope, section=section,
+        mrope_rows=draw(st.sampled_from(["random", "equal", "view"])), v_norm=draw(st.booleans()),
+        k_eq_v=draw(st.booleans()), layers=draw(st.sampled_from([None, None, 2])),
     )
 
 
@@ -40,4 +55,6 @@ def cases(draw):
 def test_fuzz_against_oracle(case):
     if case.table == "vllm_view" and case.table_dtype == "float32":
         case = dataclasses.replace(case, table_dtype="float16")
+    if case.nope:  # a layer without RoPE takes no offsets
+        case = dataclasses.replace(case, with_offsets=False)
     run_torch(case, DEVICE)

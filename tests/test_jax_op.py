@@ -39,14 +39,17 @@ def test_jax_matches_oracle_and_torch_bit_for_bit(case):
 
 
 @pytest.mark.parametrize("case", [Case(gate="interleaved", cache_dtype="float8_e4m3fn", scale="head"),
-                                  Case(layers=3, layout="HND"), Case(slots="short", with_offsets=True)],
+                                  Case(layers=3, layout="HND"), Case(slots="short", with_offsets=True),
+                                  Case(mrope="interleaved", with_offsets=True, index_dtype="int32"),
+                                  Case(mrope="contiguous", mrope_rows="view", gate="blocked"),
+                                  Case(nope=True, k_eq_v=True, v_norm=True, cache_dtype="float8_e4m3fn", scale="head")],
                          ids=lambda c: c.id())
 def test_under_jit(case):
     run_jax(case, jit=True)
 
 
-def _model_inputs(L=3, T=6, seed=0):
-    case = Case(T=T, layers=L, seed=seed)
+def _model_inputs(L=3, T=6, seed=0, **options):
+    case = Case(T=T, layers=L, seed=seed, **options)
     args, kwargs = make_inputs(case, "cpu")
     rng = np.random.default_rng(seed)
     qkvs = np.stack([to_numpy(args["qkv"]) * np.float32(1 + 0.1 * i) for i in range(L)]).astype(
@@ -57,17 +60,20 @@ def _model_inputs(L=3, T=6, seed=0):
     return case, args, kwargs, jnp.asarray(qkvs), arr, static
 
 
-def test_scan_over_layers_with_donated_stacked_cache():
-    """lax.scan over layers, traced layer index, stacked caches donated: every layer's slots hold its K/V."""
-    case, args, kwargs, qkvs, arr, static = _model_inputs()
+@pytest.mark.parametrize("options", [{}, dict(mrope="interleaved"), dict(nope=True, k_eq_v=True, v_norm=True)],
+                         ids=["rope", "mrope", "nope-k_eq_v-v_norm"])
+def test_scan_over_layers_with_donated_stacked_cache(options):
+    """lax.scan over layers, traced layer index, stacked caches donated: every layer's slots hold its K/V
+    ([3, T] mRoPE positions and the Gemma 4 options inside the scan too)."""
+    case, args, kwargs, qkvs, arr, static = _model_inputs(**options)
     L = qkvs.shape[0]
 
     def step(key_cache, value_cache, qkvs):
         def body(carry, xs):
             kc, vc = carry
             layer, qkv = xs
-            out = jop(qkv, arr["q_weight"], arr["k_weight"], arr["cos"], arr["sin"], arr["positions"], kc, vc,
-                      arr["slot_mapping"], layer=layer, **static)
+            out = jop(qkv, arr["q_weight"], arr["k_weight"], arr.get("cos"), arr.get("sin"), arr.get("positions"),
+                      kc, vc, arr["slot_mapping"], layer=layer, **static)
             return (out.key_cache, out.value_cache), out.q
         (kc, vc), qs = jax.lax.scan(body, (key_cache, value_cache), (jnp.arange(L, dtype=jnp.int32), qkvs))
         return kc, vc, qs

@@ -20,6 +20,7 @@ def test_tensor_parallel_columns_is_a_permutation():
     from fused_qkv.core import tensor_parallel_columns
 
     for gate, layout in ((False, "interleaved"), (True, "interleaved"), (True, "blocked")):
-        perm = tensor_parallel_columns(2, num_q_heads=4, num_kv_heads=2, head_dim=16, attn_output_gate=gate,
-                                       gated_qkv_layout=layout)
-        assert sorted(perm) == list(range((4 * (2 if gate else 1) + 4) * 16))
+        for k_eq_v in (False, True):
+            perm = tensor_parallel_columns(2, num_q_heads=4, num_kv_heads=2, head_dim=16, attn_output_gate=gate,
+                                           gated_qkv_layout=layout, k_eq_v=k_eq_v)
+            assert sorted(perm) == list(range((4 * (2 if gate else 1) + (2 if k_eq_v else 4)) * 16))

@@ -379,7 +379,8 @@ def test_the_fast_paths_reuse_exactly_the_python_overlap_verdict(faked, layout, 
     """The one overlap rule is ``plan.check_overlaps``; the native launcher and ``_FastLaunch`` only remember its
     verdict per pointer difference. On fuzzed views of one buffer (K|V packed views among them): neither takes a call
     the rule rejects; after the checked path accepted one, both take its repeats."""
-    from fused_qkv.core import ArrayInfo
+    from fused_qkv.core import ArrayInfo, OpConfig
+    from fused_qkv.core.config import FIELDS
     from fused_qkv.core.plan import check_overlaps
 
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
@@ -397,7 +398,7 @@ def test_the_fast_paths_reuse_exactly_the_python_overlap_verdict(faked, layout, 
         legal = True
     except ValueError:
         legal = False
-    values = (4, 2, 64, 1e-6, 0.0, True, None, False, "interleaved", "NHD", True)
+    values = tuple(getattr(OpConfig(4, 2, 64), f) for f in FIELDS)  # as the public function passes Case()'s
     tensors = [call_args.get(n) for n in ARRAY_NAMES]
     key = fast_path.signature_key(values, tuple(tensors))
     entry = fast_path._FAST.get(key)  # None for the packed layout's first draw

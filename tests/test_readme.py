@@ -60,3 +60,32 @@ def test_transformers_example_runs():
     assert scope["q"].shape == (5, 4, 64) and scope["gate"].shape == (5, 4, 64)
     kc = scope["key_cache"]
     assert kc[1, :5].abs().sum() > 0 and kc[1, 5:].abs().sum() == 0 and kc[0].abs().sum() == 0
+
+
+def test_vl_and_gemma4_example_runs_and_matches_the_oracle():
+    import numpy as np
+    from fused_qkv.core import reference, rounding_error
+
+    code = _python_block("## Vision-language models, Gemma 4 and NoPE layers")
+    scope = {}
+    exec(compile(code, "README.md (VL / Gemma 4 example)", "exec"), scope)
+    f64 = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+    s = scope
+    common = dict(num_cache_slots=32, key_cache_dtype="bfloat16", value_cache_dtype="bfloat16")
+    vl = reference(f64(s["qkv"]), f64(s["norm_w"]), f64(s["norm_w"]), f64(s["cos"]), f64(s["sin"]),
+                   f64(s["positions"]).astype(np.int64), np.arange(6), num_q_heads=4, num_kv_heads=2, head_dim=128,
+                   mrope_section=(24, 20, 20), mrope_interleaved=True, **common)
+    g4 = reference(f64(s["qkv4"]), f64(s["w4"]), f64(s["w4"]), f64(s["cos4"]), f64(s["sin4"]), np.arange(6),
+                   np.arange(16, 22), num_q_heads=4, num_kv_heads=1, head_dim=512, k_eq_v=True, v_norm=True, **common)
+    for name, got, exact in (("q", s["q"], vl.q), ("k", s["k"], vl.k), ("key_cache", s["key_cache"][0, :6], vl.k),
+                             ("q4", s["q4"], g4.q), ("k4", s["k4"], g4.k), ("v4", s["v4"], g4.v),
+                             ("g4 value_cache", s["g4_value_cache"][1, :6], g4.v)):
+        assert rounding_error(f64(got), exact, "bfloat16")[0] <= 1.0, name
+    assert s["gate"] is None
+    kc = s["key_cache"]
+    assert kc[0, 6:].float().abs().sum() == 0 and kc[1].float().abs().sum() == 0
+    # the image patches' height/width rows matter: the temporal row alone gives another q
+    plain = reference(f64(s["qkv"]), f64(s["norm_w"]), f64(s["norm_w"]), f64(s["cos"]), f64(s["sin"]),
+                      f64(s["positions"][0]).astype(np.int64), np.arange(6), num_q_heads=4, num_kv_heads=2,
+                      head_dim=128, **common)
+    assert not np.allclose(plain.q[2:], vl.q[2:]) and np.allclose(plain.q[:2], vl.q[:2])

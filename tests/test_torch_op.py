@@ -60,6 +60,31 @@ CASES = [
     C(pos_out_of_range=True, with_offsets=True, index_dtype="int32"),
     C(pos_out_of_range=True, index_dtype="int32"),  # clamped in int32, widened after
     C(T=24, block_size=8, num_blocks=4, seed=3),  # more tokens than one tile
+    # multimodal RoPE: [3, T] positions, each frequency reads its section's row
+    C(mrope="contiguous"),  # Qwen2.5-VL proportions (16, 24, 24) scaled to R/2
+    C(mrope="interleaved"),  # Qwen3-VL proportions (24, 20, 20) scaled
+    C(mrope="interleaved", is_neox=False, table="full"),  # GPT-J pairs, full table
+    C(mrope="contiguous", rotary_dim=32, table="full", table_dtype="bfloat16"),  # partial rotary
+    C(mrope="interleaved", with_offsets=True, index_dtype="int32", mrope_rows="view"),  # strided [3, T] rows
+    C(mrope="contiguous", section=(0, 32, 0)),  # empty sections
+    C(mrope="interleaved", section=(2, 15, 15), table="vllm_view", table_dtype="float16"),  # 3h, 3w > R/2
+    C(mrope="interleaved", pos_out_of_range=True, slots="short"),  # each row clamped
+    C(mrope="interleaved", gate="interleaved", offset=1.0, layout="HND", cache_dtype="float8_e4m3fn", scale="head"),
+    C(mrope="contiguous", layers=2, T=1),  # decode, layered caches
+    # NoPE layers: no tables, no positions
+    C(nope=True),
+    C(nope=True, gate="blocked", cache_dtype="float8_e5m2", scale="tensor", layout="HND"),
+    C(nope=True, D=80, QH=2, KVH=1, q_norm=False, slots="negative"),
+    # V-norm (Gemma 4), K = V (Gemma 4 global layers)
+    C(v_norm=True),
+    C(v_norm=True, dtype="float16", cache_dtype="float8_e4m3fn", scale="tensor", qkv_scale=50.0),
+    C(v_norm=True, return_kv=False, dtype="float32", eps=1e-5),
+    C(v_norm=True, D=256, QH=2, KVH=1, offset=1.0, T=5),  # Gemma 4 sliding-layer-like
+    C(k_eq_v=True),
+    C(k_eq_v=True, v_norm=True, D=512, QH=2, KVH=1, T=3, num_blocks=3, table="full"),  # Gemma 4 global-like
+    C(k_eq_v=True, gate="interleaved", is_neox=False, scale="head"),
+    C(k_eq_v=True, row_pad=8, slots="short", cache_view=True),
+    C(k_eq_v=True, v_norm=True, nope=True, layers=2, layout="HND"),
 ]
 
 
@@ -89,6 +114,27 @@ def test_cases_cover_every_flag():
     assert seen["with_offsets"] == seen["return_kv"] == seen["q_norm"] == {True, False}
     assert any(c.rotary_dim for c in CASES) and any(c.row_pad for c in CASES)
     assert any(c.QH == c.KVH for c in CASES) and any(c.KVH == 1 for c in CASES)
+    assert seen["mrope"] == {None, "contiguous", "interleaved"} and seen["mrope_rows"] == {"random", "view"}
+    assert seen["nope"] == seen["v_norm"] == seen["k_eq_v"] == {True, False}
+
+
+def test_mrope_with_equal_rows_is_plain_rope_bit_for_bit():
+    """[3, T] positions whose rows are all equal give exactly the bits of plain RoPE with [T] positions."""
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+
+    for case in (C(gate="interleaved", rotary_dim=48, is_neox=False, table="full"), C(T=13, with_offsets=True)):
+        args, kwargs = make_inputs(case, DEVICE)
+        caches = [args["key_cache"].clone(), args["value_cache"].clone()]
+        plain = op(**args, **kwargs)
+        for section, interleaved in (((case.R // 2 - 4, 2, 2), False), ((case.R // 2 - 10, 5, 5), True)):
+            kc, vc = caches[0].clone(), caches[1].clone()
+            mrope = op(**dict(args, positions=args["positions"].expand(3, -1), key_cache=kc, value_cache=vc),
+                       **kwargs, mrope_section=section, mrope_interleaved=interleaved)
+            for name in ("q", "gate", "k", "v"):
+                a, b = getattr(plain, name), getattr(mrope, name)
+                assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+            assert torch.equal(kc.view(torch.int16), args["key_cache"].view(torch.int16))
+            assert torch.equal(vc.view(torch.int16), args["value_cache"].view(torch.int16))
 
 
 def test_second_call_overwrites_and_keeps_other_slots():

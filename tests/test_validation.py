@@ -17,6 +17,16 @@ def _ones(*shape, dtype=torch.float32):
     return lambda a, k: torch.ones(*shape, dtype=dtype, device=a["qkv"].device)
 
 
+def _all(*mutations):
+    def mutate(args, kwargs):
+        for m in mutations:
+            m(args, kwargs)
+    return mutate
+
+
+_NOPE = (_set("cos", None), _set("sin", None), _set("offsets", None))
+
+
 def _dt(key, dtype):
     return _set(key, lambda a, k: (a if key in a else k)[key].to(dtype))
 
@@ -69,7 +79,32 @@ BAD = [
     ("is_neox_type", _set("is_neox", 1), TypeError, "is_neox must be a bool"),
     ("layer_without_axis", _set("layer", 0), ValueError, "layer is only valid"),
     ("layer_type", _set("layer", 0.0), TypeError, "layer must be None or a Python int"),
-    ("missing_tensor", _set("cos", None), TypeError, "cos must be a torch.Tensor"),
+    ("missing_tensor", _set("slot_mapping", None), TypeError, "slot_mapping must be a torch.Tensor"),
+    # RoPE / NoPE / mRoPE / V-norm / K=V
+    ("only_sin", _set("cos", None), ValueError, "cos is None but sin is given"),
+    ("only_cos", _set("sin", None), ValueError, "sin is None but cos is given"),
+    ("positions_missing", _set("positions", None), TypeError, "positions is required when cos and sin are given"),
+    ("nope_offsets", _all(_set("cos", None), _set("sin", None)), ValueError, "offsets must be None when cos"),
+    ("nope_rotary_dim", _all(*_NOPE, _set("rotary_dim", 32)), ValueError, "rotary_dim must be None when cos"),
+    ("nope_mrope", _all(*_NOPE, _set("mrope_section", [16, 8, 8])), ValueError, "mrope_section must be None when"),
+    ("nope_positions_len", _all(*_NOPE, _set("positions", lambda a, k: a["positions"][:3])), ValueError,
+     "positions must have 7"),
+    ("mrope_sum", _set("mrope_section", [10, 10, 10]), ValueError, "t + h + w == rotary_dim // 2 = 32"),
+    ("mrope_negative", _set("mrope_section", (40, -4, -4)), ValueError, "three non-negative ints"),
+    ("mrope_len", _set("mrope_section", [16, 16]), TypeError, "mrope_section must hold three ints"),
+    ("mrope_float", _set("mrope_section", [16.0, 8, 8]), TypeError, "mrope_section must hold three ints"),
+    ("mrope_type", _set("mrope_section", "16,8,8"), TypeError, "mrope_section must be None or a list/tuple"),
+    ("mrope_positions_1d", _set("mrope_section", [16, 8, 8]), ValueError, "positions must be 2-D [3, T]"),
+    ("mrope_positions_rows", _all(_set("mrope_section", [16, 8, 8]),
+                                  _set("positions", lambda a, k: a["positions"].expand(2, -1))), ValueError,
+     "positions must be [3, num_tokens=7]"),
+    ("mrope_positions_dtype", _all(_set("mrope_section", [16, 8, 8]),
+                                   _set("positions", lambda a, k: a["positions"].expand(3, -1).float())), TypeError,
+     "positions must have dtype"),
+    ("interleaved_alone", _set("mrope_interleaved", True), ValueError, "mrope_interleaved=True needs mrope_section"),
+    ("v_norm_type", _set("v_norm", 1), TypeError, "v_norm must be a bool"),
+    ("k_eq_v_type", _set("k_eq_v", "yes"), TypeError, "k_eq_v must be a bool"),
+    ("k_eq_v_width", _set("k_eq_v", True), ValueError, "(k_eq_v: no V block)"),
 ]
 
 
@@ -148,7 +183,7 @@ def test_fp8_dtype_per_target():
 # aliasing (functional caches), devices (JAX places arrays itself). float64 stays float64 here (the test turns
 # jax_enable_x64 on); with it off the argument is named too (tests/test_first_use.py).
 JAX_NOT_APPLICABLE = {"qkv_col_stride", "cache_last_stride", "caches_alias"}
-JAX_TEXT = {"qkv_not_tensor": "qkv must be a jax.Array", "missing_tensor": "cos must be a jax.Array",
+JAX_TEXT = {"qkv_not_tensor": "qkv must be a jax.Array", "missing_tensor": "slot_mapping must be a jax.Array",
             "layer_type": "layer must be None, an int"}
 JAX_BAD = [b for b in BAD if b[0] not in JAX_NOT_APPLICABLE]
 

@@ -151,7 +151,7 @@ class _FastLaunch:
                 or (pq + q0 < pv + v1 and pv + v0 < pq + q1)) \
                 and meeting_pairs(self.spans, pq, pk, pv) - self.ok_pairs:
             return None
-        ptrs = (pq, _ptr(q_weight), _ptr(k_weight), cos.data_ptr(), sin.data_ptr(), positions.data_ptr(),
+        ptrs = (pq, _ptr(q_weight), _ptr(k_weight), _ptr(cos), _ptr(sin), _ptr(positions),
                 _ptr(offsets), slot_mapping.data_ptr(), _ptr(k_scale), _ptr(v_scale), None, pk, pv)
         m = 0
         for p in ptrs:

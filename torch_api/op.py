@@ -9,7 +9,7 @@ registered custom op, whose fake implementation makes the same plan.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from fused_qkv.core import (
@@ -25,6 +25,7 @@ from fused_qkv.core import (
     rocm_target,
 )
 from fused_qkv.core import indices as _indices
+from fused_qkv.core.config import mrope_section_tuple
 from fused_qkv.core.launch import launch_interpreted
 from fused_qkv.core.plan import check_overlaps
 from fused_qkv.torch_api import fast_path
@@ -39,7 +40,7 @@ class FusedQKVOutput(NamedTuple):
     q: ``[T, num_q_heads, head_dim]``, input dtype: RMS-normalised (if ``q_weight``) and rotated.
     gate: ``[T, num_q_heads, head_dim]`` copy of the gate, or ``None`` without ``attn_output_gate``.
     k: ``[T, num_kv_heads, head_dim]`` normalised and rotated, before ``k_scale``; ``None`` if not ``return_kv``.
-    v: ``[T, num_kv_heads, head_dim]`` copy of V, before ``v_scale``; ``None`` if not ``return_kv``.
+    v: ``[T, num_kv_heads, head_dim]`` V (after ``v_norm`` if set), before ``v_scale``; ``None`` if not ``return_kv``.
 
     Every output is contiguous. Eager CUDA calls taken by the native launcher place all outputs in one
     allocation (each at a 256-byte aligned offset, none overlapping another); its memory returns to the
@@ -177,30 +178,38 @@ def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record
 
 @torch.library.custom_op(OP_NAME, mutates_args=("key_cache", "value_cache"))
 def _fused_op(
-    qkv: torch.Tensor, q_weight: Optional[torch.Tensor], k_weight: Optional[torch.Tensor], cos: torch.Tensor,
-    sin: torch.Tensor, positions: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, eps: float,
-    norm_weight_offset: float, is_neox: bool, rotary_dim: Optional[int], offsets: Optional[torch.Tensor],
-    attn_output_gate: bool, gated_qkv_layout: str, k_scale: Optional[torch.Tensor],
+    qkv: torch.Tensor, q_weight: Optional[torch.Tensor], k_weight: Optional[torch.Tensor],
+    cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], positions: Optional[torch.Tensor],
+    key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor, num_q_heads: int,
+    num_kv_heads: int, head_dim: int, eps: float, norm_weight_offset: float, is_neox: bool,
+    rotary_dim: Optional[int], offsets: Optional[torch.Tensor], attn_output_gate: bool, gated_qkv_layout: str,
+    k_scale: Optional[torch.Tensor],
     v_scale: Optional[torch.Tensor], kv_cache_layout: str, return_kv: bool, layer: Optional[int],
+    mrope_section: Optional[list[int]] = None, mrope_interleaved: bool = False, v_norm: bool = False,
+    k_eq_v: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     tensors = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
                    key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
                    k_scale=k_scale, v_scale=v_scale)
     config = config_from_values((num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
-                                 attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv))
+                                 attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv,
+                                 None if mrope_section is None else tuple(mrope_section), mrope_interleaved,
+                                 v_norm, k_eq_v))
     return _launch(tensors, config, layer)
 
 
 @_fused_op.register_fake
 def _fused_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, num_q_heads,
                    num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets, attn_output_gate,
-                   gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer):
+                   gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer, mrope_section=None,
+                   mrope_interleaved=False, v_norm=False, k_eq_v=False):
     tensors = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
                    key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
                    k_scale=k_scale, v_scale=v_scale)
     config = config_from_values((num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim,
-                                 attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv))
+                                 attn_output_gate, gated_qkv_layout, kv_cache_layout, return_kv,
+                                 None if mrope_section is None else tuple(mrope_section), mrope_interleaved,
+                                 v_norm, k_eq_v))
     plan, _ = plan_call(_layer_selected(tensors, layer), config)
     return _with_placeholders(_outputs(plan, qkv), qkv)
 
@@ -245,7 +254,8 @@ def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record):
             t["qkv"], t["q_weight"], t["k_weight"], t["cos"], t["sin"], t["positions"], t["key_cache"],
             t["value_cache"], t["slot_mapping"], c.num_q_heads, c.num_kv_heads, c.head_dim, c.eps,
             c.norm_weight_offset, c.is_neox, c.rotary_dim, t["offsets"], c.attn_output_gate, c.gated_qkv_layout,
-            t["k_scale"], t["v_scale"], c.kv_cache_layout, c.return_kv, layer)
+            t["k_scale"], t["v_scale"], c.kv_cache_layout, c.return_kv, layer,
+            None if c.mrope_section is None else list(c.mrope_section), c.mrope_interleaved, c.v_norm, c.k_eq_v)
     return FusedQKVOutput(q, gate if config.attn_output_gate else None, k if config.return_kv else None,
                           v if config.return_kv else None)
 
@@ -254,9 +264,9 @@ def fused_qkv_split_qk_norm_rope_cache(
     qkv: torch.Tensor,
     q_weight: Optional[torch.Tensor],
     k_weight: Optional[torch.Tensor],
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
+    cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor],
+    positions: Optional[torch.Tensor],
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
@@ -275,6 +285,10 @@ def fused_qkv_split_qk_norm_rope_cache(
     v_scale: Optional[torch.Tensor] = None,
     kv_cache_layout: str = "NHD",
     return_kv: bool = True,
+    mrope_section: Optional[Sequence[int]] = None,
+    mrope_interleaved: bool = False,
+    v_norm: bool = False,
+    k_eq_v: bool = False,
     layer: Optional[int] = None,
     check_indices: Optional[bool] = None,
 ) -> FusedQKVOutput:
@@ -286,16 +300,19 @@ def fused_qkv_split_qk_norm_rope_cache(
     Shapes (``T`` tokens, ``QH = num_q_heads``, ``KVH = num_kv_heads``, ``D = head_dim``, ``R = rotary_dim``):
 
     Args:
-        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + 2 * KVH) * D]``, float16/bfloat16/float32;
-            rows may be strided, the last dim must be contiguous. Column layout: Q heads (with gates, see
-            ``gated_qkv_layout``), then K heads, then V heads.
+        qkv: ``[T, (QH * (2 if attn_output_gate else 1) + (1 if k_eq_v else 2) * KVH) * D]``,
+            float16/bfloat16/float32; rows may be strided, the last dim must be contiguous. Column layout: Q heads
+            (with gates, see ``gated_qkv_layout``), then K heads, then V heads (none with ``k_eq_v``).
         q_weight: ``[D]`` RMSNorm weight for Q (float16/bfloat16/float32), or ``None`` for no Q norm.
         k_weight: ``[D]`` RMSNorm weight for K, or ``None`` for no K norm.
         cos, sin: ``[max_positions, R/2]`` (half tables) or ``[max_positions, R]`` (full tables as Hugging
             Face builds them: NeoX halves repeated, GPT-J entries repeated twice; only one copy is read),
-            float32/bfloat16/float16, any strides (``cos_sin_cache[:, :R//2]`` views work as they are).
-        positions: ``[T]`` int32/int64 row of the tables for each token (plus ``offsets``); values
-            outside ``[0, max_positions)`` are clamped to the nearest row.
+            float32/bfloat16/float16, any strides (``cos_sin_cache[:, :R//2]`` views work as they are). Both
+            ``None``: a layer without RoPE (NoPE: SmolLM3's ``no_rope_layers``, Llama 4's NoPE layers); then
+            ``rotary_dim``, ``mrope_section`` and ``offsets`` must be None and ``positions`` is not read (may be None).
+        positions: ``[T]`` int32/int64 row of the tables for each token (plus ``offsets``); with ``mrope_section``
+            ``[3, T]`` (rows: temporal, height, width; any strides). Values outside ``[0, max_positions)`` are
+            clamped to the nearest row.
         key_cache, value_cache: paged caches, mutated in place. ``kv_cache_layout="NHD"``:
             ``[num_blocks, block_size, KVH, D]`` (vLLM); ``"HND"``: ``[num_blocks, KVH, block_size, D]``; any
             strides with a contiguous last dim; optionally a leading layer axis ``[L, ...]`` selected by
@@ -316,6 +333,17 @@ def fused_qkv_split_qk_norm_rope_cache(
         k_scale, v_scale: optional float32 tensors of 1 or KVH elements on the device; the cache stores
             ``k / k_scale`` and ``v / v_scale``.
         return_kv: return k and v (set False to skip writing them when only the cache needs them).
+        mrope_section: multimodal RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): three non-negative ints ``(t, h, w)``
+            with ``t + h + w == R/2``, a list (as Hugging Face configs hold it) or a tuple. Rotary frequency ``i``
+            takes its angle from positions row 0, 1 or 2: contiguous sections (``i < t`` -> 0, ``i < t + h`` -> 1,
+            else 2), or with ``mrope_interleaved=True`` (Qwen3-VL) ``i % 3 == 1 and i < 3h`` -> 1,
+            ``i % 3 == 2 and i < 3w`` -> 2, else 0. ``offsets`` adds to all three rows. Equal rows give the bits
+            of plain RoPE with ``[T]`` positions.
+        mrope_interleaved: the Qwen3-VL frequency assignment (above); needs ``mrope_section``.
+        v_norm: RMS-normalise V per head without a weight, ``v * rsqrt(mean(v^2) + eps)`` in float32 (Gemma 4),
+            before it is returned, scaled by ``v_scale`` and written to the cache.
+        k_eq_v: ``qkv`` holds no V block; V is the raw K projection (before K's norm and RoPE), then ``v_norm``
+            if set (Gemma 4's ``attention_k_eq_v`` global layers). K and V still go to their own caches.
         layer: index into a leading layer axis of the caches (Python int), or ``None`` for 4-D caches.
         check_indices: development aid. ``True`` copies ``positions``, ``offsets`` and ``slot_mapping`` to the host
             and raises ``ValueError`` naming the first position (plus offset) outside the table and the first slot
@@ -331,8 +359,10 @@ def fused_qkv_split_qk_norm_rope_cache(
         TypeError / ValueError naming the argument, for any invalid shape, dtype, layout, device or value.
     """
     # the configuration in OpConfig's field order: the fast paths' key, validated once per distinct value
+    if mrope_section is not None:  # a list, as Hugging Face configs hold it: a tuple of ints keys the fast paths
+        mrope_section = mrope_section_tuple(mrope_section)
     values = (num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, attn_output_gate,
-              gated_qkv_layout, kv_cache_layout, return_kv)
+              gated_qkv_layout, kv_cache_layout, return_kv, mrope_section, mrope_interleaved, v_norm, k_eq_v)
     checking = _indices.CHECK_BY_DEFAULT if check_indices is None else _indices.index_checks_requested(check_indices)
     record = None
     if layer is None and not checking:
