@@ -38,7 +38,7 @@ SHAPES = {
                attn_output_gate=False, cache="float8_e4m3fn", scale=True, return_kv=True),
     "S4": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
                attn_output_gate=False, cache="bfloat16", scale=False, return_kv=False),
-    # Qwen3-VL-8B-like: interleaved mRoPE over [3, T] positions
+    # Qwen3-VL-8B-like: interleaved mRoPE over [3, T] positions (images of 16 x 16 patches, see torch_inputs)
     "S5": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
                attn_output_gate=False, cache="bfloat16", scale=False, return_kv=True,
                mrope_section=(24, 20, 20), mrope_interleaved=True),
@@ -108,8 +108,13 @@ def torch_inputs(shape: dict, T: int, seed: int = 0):
     positions = torch.randint(0, MAX_POS, (T,), device="cuda", generator=g)
     extra = {}
     if shape.get("mrope_section"):
-        extra["positions_plain"] = positions
-        positions = torch.randint(0, MAX_POS, (3, T), device="cuda", generator=g)
+        # laid out as get_rope_index lays out images of 16 x 16 patches: one temporal position per image (random),
+        # height and width rows counting the patch's row and column from it; the plain variant reads the temporal row
+        patch = torch.arange(T, device="cuda") % 256
+        start = torch.randint(0, MAX_POS - 16, (T // 256 + 1,), device="cuda", generator=g)
+        t_row = start[torch.arange(T, device="cuda") // 256]
+        positions = torch.stack([t_row, t_row + patch // 16, t_row + patch % 16])
+        extra["positions_plain"] = t_row
     if shape.get("k_eq_v"):
         extra["qkv_plain"] = qkv
         qkv = qkv[:, :width - KVH * D].contiguous()

@@ -225,13 +225,11 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
     if HAS_ROPE:
         pos = _load_position(positions_ptr, offsets_ptr, 0, tok64, tok_mask, num_table_rows, HAS_OFFSETS,
                              POS_STRIDE, OFF_STRIDE)[:, None]
-        if MROPE != 0:  # each frequency reads the position row of its section
+        if MROPE != 0:  # the height and width rows; each frequency picks its section's row after the table loads
             pos_h = _load_position(positions_ptr, offsets_ptr, POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
                                    HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
             pos_w = _load_position(positions_ptr, offsets_ptr, 2 * POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
                                    HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
-            sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
-            pos = tl.where(sec == 1, pos_h, tl.where(sec == 2, pos_w, pos))
     if HAS_NORM:
         off = tl.cast(norm_weight_offset, tl.float32)
         wa = _load_weight(w_ptr, a_offs, half_mask, off)
@@ -242,6 +240,16 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         tcol = (i * TABLE_STEP)[None, :]
         c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
         s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+        if MROPE != 0:
+            # whole rows, then a select: a gather through per-frequency positions would lose the vector loads
+            # (one row per token keeps each table load contiguous along the frequencies)
+            c_h = tl.load(cos_ptr + pos_h * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+            s_h = tl.load(sin_ptr + pos_h * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+            c_w = tl.load(cos_ptr + pos_w * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+            s_w = tl.load(sin_ptr + pos_w * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+            sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
+            c = tl.where(sec == 1, c_h.to(tl.float32), tl.where(sec == 2, c_w.to(tl.float32), c))
+            s = tl.where(sec == 1, s_h.to(tl.float32), tl.where(sec == 2, s_w.to(tl.float32), s))
     a = a.to(tl.float32)
     b = b.to(tl.float32)
     if HAS_NORM:

@@ -30,16 +30,20 @@ def test_table_has_a_value_under_every_heading(capsys, tmp_path):
             us = 10.0 + n
             rows.append(dict(shape="S1", T=T, impl=impl, us=us, bytes=1000, gbps=1000 / us, pct_copy=30.0 / us,
                              latency_only=T <= 1024))
+    for impl, us in (("fused_torch", 12.0), ("fused_jax", 12.5), ("fused_plain", 10.0), ("floor", 9.0)):  # S5/S6 rows
+        rows.append(dict(shape="S5", T=4096, impl=impl, us=us, bytes=1000, gbps=1000 / us, pct_copy=30.0 / us,
+                         latency_only=False))
     result = dict(device="test", copy_bandwidth_gbps=3000.0, host_overhead_ratio={"S1:fused_torch": 1.5},
                   kernel_us={"S1:16:fused_torch": 1.0, "S1:16:fused_jax": 1.1}, rows=rows)
     print_table(result)
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("shape"))
-    table = lines[head:head + 3]
+    table = lines[head:head + 4]
     # right-aligned columns: a heading missing or extra would make the heading line shorter or longer
-    assert len(table[0]) == len(table[1]) == len(table[2]), table
-    assert table[2].split()[-1] == f"{30.0 / 15.0:.1f}"  # 1-copy %: the same-bytes copy's row
-    assert table[1].split()[-1] == "nan"
+    assert len(table[0]) == len(table[1]) == len(table[2]) == len(table[3]), table
+    assert table[2].split()[-2] == f"{30.0 / 15.0:.1f}"  # 1-copy %: the same-bytes copy's row
+    assert table[1].split()[-2] == "nan" and table[1].split()[-1] == "nan"  # no copy row, no plain variant
+    assert table[3].split()[-1] == f"{12.0 / 10.0:.2f}"  # x plain: the options' cost
     plot(result, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 0
 
