@@ -14,8 +14,9 @@ Argument order (fixed; both frontends rely on it, see ``plan.INPUT_NAMES`` etc.)
 4. constexprs       (``plan.LaunchPlan.constexprs``), passed by keyword.
 
 Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the
-token block ``pid // NUM_HEAD_PROGS`` and the head ``pid % NUM_HEAD_PROGS`` of the
-combined head list ``[Q heads | K heads | V heads | gate heads]``.
+token block ``pid // NUM_HEAD_PROGS`` and the entry ``pid % NUM_HEAD_PROGS`` of the
+combined list ``[Q head groups | K head groups | V heads | gate heads]``; a group is HEAD_GROUP heads (more than
+one only with mRoPE, ``plan.head_group``).
 
 Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even. Compiled code uses
 the target's casts, which round to nearest-even, with the fp8 saturation and the sign of a zero result made
@@ -205,6 +206,33 @@ def _load_position(positions_ptr, offsets_ptr, row_off, tok64, tok_mask, num_tab
 
 
 @triton.jit
+def _load_tables(cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64, tok_mask, num_table_rows, i, ld_half,
+                 HAS_OFFSETS: tl.constexpr, MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr,
+                 MROPE_W: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
+                 POS_ROW_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr,
+                 COS_COL_STRIDE: tl.constexpr, SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr):
+    """fp32 (cos, sin) [BLOCK_T, BLOCK_HALF] of a token tile, for programs that rotate several heads with them."""
+    pos = _load_position(positions_ptr, offsets_ptr, 0, tok64, tok_mask, num_table_rows, HAS_OFFSETS, POS_STRIDE,
+                         OFF_STRIDE)[:, None]
+    tcol = (i * TABLE_STEP)[None, :]
+    c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
+    if MROPE != 0:
+        pos_h = _load_position(positions_ptr, offsets_ptr, POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
+                               HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
+        pos_w = _load_position(positions_ptr, offsets_ptr, 2 * POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
+                               HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
+        c_h = tl.load(cos_ptr + pos_h * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+        s_h = tl.load(sin_ptr + pos_h * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+        c_w = tl.load(cos_ptr + pos_w * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+        s_w = tl.load(sin_ptr + pos_w * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+        sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
+        c = tl.where(sec == 1, c_h.to(tl.float32), tl.where(sec == 2, c_w.to(tl.float32), c))
+        s = tl.where(sec == 1, s_h.to(tl.float32), tl.where(sec == 2, s_w.to(tl.float32), s))
+    return c, s
+
+
+@triton.jit
 def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64,
                     tok_mask, row_mask, num_table_rows, eps, norm_weight_offset, i, a_offs, b_offs, p_offs,
                     half_mask, pass_mask, HAS_PASS: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_ROPE: tl.constexpr,
@@ -212,9 +240,11 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
                     HEAD_DIM: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
                     POS_ROW_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr,
                     COS_COL_STRIDE: tl.constexpr, SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr):
+                    BLOCK_T: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr, c_given, s_given,
+                    TABLES_GIVEN: tl.constexpr):
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
-    channel groups once, RMSNorm (if HAS_NORM), rotate (if HAS_ROPE). Returns fp32 (A, B, P) after RoPE."""
+    channel groups once, RMSNorm (if HAS_NORM), rotate (if HAS_ROPE) with the tables it loads, or with
+    ``c_given``/``s_given`` (TABLES_GIVEN: from ``_load_tables``). Returns fp32 (A, B, P) after RoPE."""
     ld_half = row_mask & half_mask
     a = _load_once(src + a_offs, ld_half, EVICT)
     b = _load_once(src + b_offs, ld_half, EVICT)
@@ -222,7 +252,7 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         p = _load_once(src + p_offs, row_mask & pass_mask, EVICT).to(tl.float32)
     else:
         p = tl.full([BLOCK_T, BLOCK_PASS], 0.0, tl.float32)  # builtin (tl.zeros is @jit)
-    if HAS_ROPE:
+    if HAS_ROPE and not TABLES_GIVEN:
         pos = _load_position(positions_ptr, offsets_ptr, 0, tok64, tok_mask, num_table_rows, HAS_OFFSETS,
                              POS_STRIDE, OFF_STRIDE)[:, None]
         if MROPE != 0:  # the height and width rows; each frequency picks its section's row after the table loads
@@ -236,7 +266,10 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         wb = _load_weight(w_ptr, b_offs, half_mask, off)
         if HAS_PASS:
             wp = _load_weight(w_ptr, p_offs, pass_mask, off)
-    if HAS_ROPE:
+    if HAS_ROPE and TABLES_GIVEN:
+        c = c_given
+        s = s_given
+    elif HAS_ROPE:
         tcol = (i * TABLE_STEP)[None, :]
         c = tl.load(cos_ptr + pos * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
         s = tl.load(sin_ptr + pos * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0).to(tl.float32)
@@ -283,6 +316,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr, MROPE_W: tl.constexpr,  # 0: [T] positions
     V_NORM: tl.constexpr,  # V is RMS-normalised without a weight
     NUM_HEAD_PROGS: tl.constexpr, K_END: tl.constexpr, V_END: tl.constexpr,
+    HEAD_GROUP: tl.constexpr,  # Q (and K) heads per program, which read the tables once; NUM_Q_PROGS = QH / group
+    NUM_Q_PROGS: tl.constexpr,
     Q_HEAD_STRIDE: tl.constexpr,  # qkv columns between consecutive Q heads (D, or 2D interleaved)
     GATE_COL0: tl.constexpr, GATE_HEAD_STRIDE: tl.constexpr, K_COL0: tl.constexpr, V_COL0: tl.constexpr,
     HAS_Q_NORM: tl.constexpr, HAS_K_NORM: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_LAYER: tl.constexpr,
@@ -344,41 +379,55 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         # ---------------- Q or K head: RMSNorm + RoPE (+ cache write for K) ----------------
         # Every load that does not depend on loaded data is issued before the first use of any loaded value,
         # so a program waits for about two memory round trips (qkv/positions/weights/slot, then the table rows).
-        if head < NUM_Q_HEADS:
-            a_rot, b_rot, p = _load_norm_rope(
-                qkv_row + head * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, cos_ptr, sin_ptr, positions_ptr,
-                offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
-                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
-                MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
-                COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST)
-            q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM)[:, None]
-            _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                        HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+        # HEAD_GROUP > 1 (mRoPE): the program's heads share one read of the tables (three rows per token)
+        if HEAD_GROUP > 1:
+            c_grp, s_grp = _load_tables(cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64, tok_mask,
+                                        num_table_rows, i, row_mask & half_mask, HAS_OFFSETS, MROPE, MROPE_T, MROPE_H,
+                                        MROPE_W, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
+                                        COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE)
         else:
-            kh = head - NUM_Q_HEADS
-            slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
-            if K_SCALE_MODE != 0:
-                ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
-            a_rot, b_rot, p = _load_norm_rope(
-                qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
-                offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
-                i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
-                MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
-                COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST)
-            slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
-                                            KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
-            if RETURN_KV:
-                k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
-                _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+            c_grp = 0.0
+            s_grp = 0.0
+        if head < NUM_Q_PROGS:
+            for g in tl.static_range(HEAD_GROUP):
+                qh = head * HEAD_GROUP + g
+                a_rot, b_rot, p = _load_norm_rope(
+                    qkv_row + qh * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, cos_ptr, sin_ptr, positions_ptr,
+                    offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
+                    i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
+                    MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
+                    COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
+                    HEAD_GROUP > 1)
+                q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + qh * HEAD_DIM)[:, None]
+                _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
                             HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
-            cache_off = slot_base + kh * KC_HEAD_STRIDE
-            if K_SCALE_MODE != 0:
-                a_rot = a_rot / ks
-                b_rot = b_rot / ks
-                p = p / ks
-            _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
-                        a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
-                        key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
+        else:
+            slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
+            for g in tl.static_range(HEAD_GROUP):
+                kh = (head - NUM_Q_PROGS) * HEAD_GROUP + g
+                if K_SCALE_MODE != 0:
+                    ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
+                a_rot, b_rot, p = _load_norm_rope(
+                    qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
+                    offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
+                    i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
+                    MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
+                    COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
+                    HEAD_GROUP > 1)
+                slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
+                                                KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
+                if RETURN_KV:
+                    k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
+                    _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                                HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+                cache_off = slot_base + kh * KC_HEAD_STRIDE
+                if K_SCALE_MODE != 0:
+                    a_rot = a_rot / ks
+                    b_rot = b_rot / ks
+                    p = p / ks
+                _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
+                            a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
+                            key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
     elif head < V_END:
         # ---------------- V head: copy (V-norm) + cache write; k_eq_v: V_COL0 is the K block ----------------
         vh = head - K_END

@@ -368,21 +368,37 @@ def _fp8_constants(dtype: str):
     return (f.mbits, f.emin, f.max_finite) if f else (0, 0, 0.0)
 
 
-def _layout_constexprs(config: OpConfig, rotates: bool) -> dict:
+def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int) -> dict:
     """Where each head's channels are in a qkv row, and the rotary pairing (NoPE: the NeoX split, unrotated)."""
     D, QH, KVH, half = config.head_dim, config.num_q_heads, config.num_kv_heads, config.rotary // 2
     gate_mult = 2 if config.attn_output_gate else 1
     interleaved = config.attn_output_gate and config.gated_qkv_layout == "interleaved"
     neox = config.is_neox or not rotates  # contiguous halves load as the widest vectors
     k_col0 = QH * gate_mult * D
+    group = head_group(config, rotates, num_tokens)
     return dict(
         NUM_Q_HEADS=QH, NUM_KV_HEADS=KVH, HEAD_DIM=D, HALF_ROT=half,
         PAIR_STEP=1 if neox else 2, PAIR_DELTA=half if neox else 1,
-        NUM_HEAD_PROGS=QH + 2 * KVH + (QH if config.attn_output_gate else 0), K_END=QH + KVH, V_END=QH + 2 * KVH,
+        NUM_HEAD_PROGS=QH // group + KVH // group + KVH + (QH if config.attn_output_gate else 0),
+        K_END=QH // group + KVH // group, V_END=QH // group + KVH // group + KVH, HEAD_GROUP=group,
+        NUM_Q_PROGS=QH // group,
         Q_HEAD_STRIDE=2 * D if interleaved else D,
         GATE_COL0=D if interleaved else QH * D, GATE_HEAD_STRIDE=2 * D if interleaved else D,
         K_COL0=k_col0, V_COL0=k_col0 if config.k_eq_v else k_col0 + KVH * D,  # k_eq_v: V reads the K block
     )
+
+
+GROUP_MIN_TOKENS = 513
+
+
+def head_group(config: OpConfig, rotates: bool, num_tokens: int) -> int:
+    """Q and K heads per program. mRoPE reads three table rows per token, more than the qkv data of a head at
+    head_dim 128: from GROUP_MIN_TOKENS tokens up to 4 heads (dividing both head counts) share one read of them.
+    Below, the programs' parallelism wins (H200, S5: 1.5 against 2.5 us at T=1, 3.9 against 4.2 at T=256, 9.8
+    against 7.5 at T=1024; docs/performance.md). 1 otherwise."""
+    if not rotates or config.mrope_section is None or num_tokens < GROUP_MIN_TOKENS:
+        return 1
+    return next(g for g in (4, 2, 1) if config.num_q_heads % g == 0 and config.num_kv_heads % g == 0)
 
 
 def _mrope_constexprs(config: OpConfig, positions: Optional[ArrayInfo]) -> dict:
@@ -409,7 +425,7 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     block_d = next_pow2(D)
     block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
     constexprs = dict(
-        _layout_constexprs(config, rotates), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
+        _layout_constexprs(config, rotates, T), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
         HAS_ROPE=rotates, **_mrope_constexprs(config, positions if rotates else None), V_NORM=config.v_norm,
         HAS_Q_NORM=arrays["q_weight"] is not None, HAS_K_NORM=arrays["k_weight"] is not None,
         HAS_OFFSETS=offsets is not None, HAS_LAYER=has_layer, HAS_GATE=config.attn_output_gate,

@@ -71,6 +71,12 @@ CASES = [
     C(mrope="interleaved", pos_out_of_range=True, slots="short"),  # each row clamped
     C(mrope="interleaved", gate="interleaved", offset=1.0, layout="HND", cache_dtype="float8_e4m3fn", scale="head"),
     C(mrope="contiguous", layers=2, T=1),  # decode, layered caches
+    # from plan.GROUP_MIN_TOKENS tokens, Q/K programs rotate up to 4 heads with one read of the tables
+    C(mrope="interleaved", QH=8, KVH=4, D=32, T=600, block_size=16, num_blocks=40, scale="head",
+      cache_dtype="float8_e4m3fn", slots="short"),  # 4 heads per program
+    C(mrope="contiguous", QH=6, KVH=2, D=32, T=520, block_size=16, num_blocks=33, with_offsets=True,
+      gate="blocked", layout="HND"),  # 2 heads per program
+    C(mrope="contiguous", QH=3, KVH=3, D=96, T=5, return_kv=False),
     # NoPE layers: no tables, no positions
     C(nope=True),
     C(nope=True, gate="blocked", cache_dtype="float8_e5m2", scale="tensor", layout="HND"),
