@@ -1,5 +1,6 @@
 """torch.library integration: opcheck, fake tensors, torch.compile(fullgraph=True)."""
 
+import pytest
 import torch
 from conftest import DEVICE
 from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
@@ -15,13 +16,15 @@ def _positional(args, kwargs):
             kwargs["num_kv_heads"], kwargs["head_dim"], kwargs["eps"], kwargs["norm_weight_offset"],
             kwargs["is_neox"], kwargs["rotary_dim"], kwargs["offsets"], kwargs["attn_output_gate"],
             kwargs["gated_qkv_layout"], kwargs["k_scale"], kwargs["v_scale"], kwargs["kv_cache_layout"],
-            kwargs["return_kv"], layer)
+            kwargs["return_kv"], layer, kwargs.get("mrope_section"), kwargs.get("mrope_interleaved", False),
+            kwargs.get("v_norm", False), kwargs.get("k_eq_v", False))
 
 
 def test_opcheck():
     # opcheck compares values with torch ops that have no fp8 CPU kernels: fp8 numerics are tested elsewhere
     for case in (Case(), Case(gate="blocked", scale="head", return_kv=False, dtype="float16"),
-                 Case(layers=2, layout="HND")):
+                 Case(layers=2, layout="HND"), Case(mrope="interleaved", with_offsets=True, index_dtype="int32"),
+                 Case(nope=True, k_eq_v=True, v_norm=True), Case(mrope="contiguous", v_norm=True, layers=2)):
         args, kwargs = make_inputs(case, DEVICE)
         torch.library.opcheck(OP, _positional(args, kwargs))
 
@@ -36,11 +39,14 @@ def test_fake_tensor_shapes():
     assert q.shape == (7, 4, 64) and gate.shape == (7, 4, 64) and k.numel() == 0 and v.numel() == 0
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    """A small attention-prologue block compiled with fullgraph=True: no graph break, same outputs and caches."""
+@pytest.mark.parametrize("case", [Case(T=5, gate="interleaved", cache_dtype="float8_e4m3fn", scale="tensor"),
+                                  Case(T=5, gate="blocked", mrope="interleaved", v_norm=True),
+                                  Case(T=5, gate="interleaved", nope=True, k_eq_v=True, v_norm=True)],
+                         ids=lambda c: c.id())
+def test_torch_compile_fullgraph_matches_eager(case):
+    """A small attention-prologue block compiled with fullgraph=True: no graph break, same outputs and caches
+    (mRoPE with ``mrope_section`` as a list, and a NoPE layer with K = V, among them)."""
     from fused_qkv.torch_api import FusedQKVOutput
-
-    case = Case(T=5, gate="interleaved", cache_dtype="float8_e4m3fn", scale="tensor")
 
     def block(args, kwargs):
         out = op(**args, **kwargs)
