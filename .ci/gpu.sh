@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's checks (run through the device tool on the H200; see README "Platforms").
 #   bash .ci/gpu.sh            the whole test suite on cuda + the demo
+#   bash .ci/gpu.sh tests 1|2  one half of it (1: tests/gpu, integration, test_[a-n]*; 2: the rest + the demo),
+#                              each under the device tool's 10-minute limit; both halves end with the AOT compiles
 #   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
 #                              then the JAX donation benchmark
 #   bash .ci/gpu.sh bench ARGS fused-qkv bench ARGS, results (table, JSON, PNG) under $OUT
@@ -72,7 +74,16 @@ if [ "$mode" = sanitize ]; then
   python3 tools/jax_donation.py --out "$OUT/jax_donation.json" 2>&1 | tee "$OUT/jax_donation.log" || rc=1
   exit $rc
 fi
-FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider tests -rf 2>&1 \
-  | tee "$OUT/pytest_cuda.log" | tail -25 || rc=1
-python3 -m fused_qkv.bench.cli demo --device cuda 2>&1 | tee "$OUT/demo_cuda.log" || rc=1
+part=${2:-all}
+case $part in
+  all) files=(tests) ;;
+  1) files=(tests/gpu tests/integration tests/test_[a-n]*.py tests/test_zz_aot.py) ;;
+  2) files=(tests/test_[o-y]*.py tests/test_zz_aot.py) ;;
+  *) echo "usage: bash .ci/gpu.sh tests [1|2]"; exit 2 ;;
+esac
+FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider "${files[@]}" -rf 2>&1 \
+  | tee "$OUT/pytest_cuda${2:+_part$2}.log" | tail -25 || rc=1
+if [ "$part" != 1 ]; then
+  python3 -m fused_qkv.bench.cli demo --device cuda 2>&1 | tee "$OUT/demo_cuda.log" || rc=1
+fi
 exit $rc
