@@ -20,6 +20,9 @@ def cases(draw):
     block_size = draw(st.sampled_from([1, 3, 4, 16]))
     num_blocks = draw(st.integers(1, 6))
     t = draw(st.integers(1, min(20, block_size * num_blocks)))
+    if draw(st.integers(0, 9)) == 0:  # now and then a prefill past plan.GROUP_MIN_TOKENS (mRoPE head groups)
+        t = draw(st.integers(513, 560))
+        block_size, num_blocks = 16, 36
     cache_dtype = draw(st.sampled_from([None] + FP8_ON_DEVICE))
     rope = draw(st.sampled_from(["rope", "nope", "contiguous", "interleaved"]))
     section = None
