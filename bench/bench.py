@@ -103,7 +103,7 @@ def torch_inputs(shape: dict, T: int, seed: int = 0):
     ang = torch.arange(MAX_POS, device="cuda", dtype=torch.float64)[:, None] * inv
     cdt = getattr(torch, shape["cache"])
     cache_shape = (CACHE_SLOTS // BLOCK_SIZE, BLOCK_SIZE, KVH, D)
-    # the plain qkv (with a V block); k_eq_v reads its first columns, without the V block (a strided view)
+    # the plain qkv (with a V block); k_eq_v takes a copy of its columns without the V block
     qkv = torch.randn(T, width, device="cuda", generator=g).to(torch.bfloat16)
     positions = torch.randint(0, MAX_POS, (T,), device="cuda", generator=g)
     extra = {}

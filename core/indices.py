@@ -38,27 +38,33 @@ def index_checks_requested(check_indices: Optional[bool]) -> bool:
     return check_indices
 
 
+def _check_positions(pos, offsets, num_table_rows: int) -> None:
+    eff = pos if offsets is None else pos + np.asarray(offsets).astype(np.int64)
+    bad = np.argwhere((eff < 0) | (eff >= num_table_rows))  # [3, T] mRoPE positions: first bad (row, token)
+    if len(bad):
+        at = tuple(int(x) for x in bad[0])
+        name = "positions[" + ", ".join(map(str, at)) + "]"
+        what = (f"{name} = {pos[at]}" if offsets is None
+                else f"{name} + offsets[{at[-1]}] = {pos[at]} + {eff[at] - pos[at]} = {eff[at]}")
+        raise ValueError(f"{what} is outside the rotary table's rows [0, {num_table_rows}) (cos/sin have "
+                         f"{num_table_rows} rows); unchecked, the kernel would clamp it to row "
+                         f"{min(max(int(eff[at]), 0), num_table_rows - 1)} ({len(bad)} such entries)")
+
+
 def check_indices(positions, offsets, slot_mapping, *, num_table_rows: int, num_cache_slots: int) -> None:
     """Raise ``ValueError`` for the first position (plus offset) outside ``[0, num_table_rows)`` and the first slot
     that is ``>= num_cache_slots`` or negative other than ``-1``.
 
     Args:
-        positions: ``[T]`` integer array (NumPy or anything ``np.asarray`` takes).
-        offsets: ``[T]`` integer array added to ``positions``, or ``None``.
+        positions: ``[T]`` or, with mRoPE, ``[3, T]`` integer array (NumPy or anything ``np.asarray`` takes), or
+            ``None`` for a layer without RoPE (no tables: nothing to check).
+        offsets: ``[T]`` integer array added to ``positions`` (to each row of ``[3, T]``), or ``None``.
         slot_mapping: ``[S]`` integer array.
         num_table_rows: rows of the ``cos``/``sin`` tables.
         num_cache_slots: ``num_blocks * block_size`` of the cache.
     """
-    pos = np.asarray(positions).astype(np.int64)
-    eff = pos if offsets is None else pos + np.asarray(offsets).astype(np.int64)
-    bad = np.flatnonzero((eff < 0) | (eff >= num_table_rows))
-    if bad.size:
-        i = int(bad[0])
-        what = (f"positions[{i}] = {pos[i]}" if offsets is None
-                else f"positions[{i}] + offsets[{i}] = {pos[i]} + {eff[i] - pos[i]} = {eff[i]}")
-        raise ValueError(f"{what} is outside the rotary table's rows [0, {num_table_rows}) (cos/sin have "
-                         f"{num_table_rows} rows); unchecked, the kernel would clamp it to row "
-                         f"{min(max(int(eff[i]), 0), num_table_rows - 1)} ({bad.size} such entries)")
+    if positions is not None:
+        _check_positions(np.asarray(positions).astype(np.int64), offsets, num_table_rows)
     slots = np.asarray(slot_mapping).astype(np.int64)
     bad = np.flatnonzero((slots < PAD_SLOT) | (slots >= num_cache_slots))
     if bad.size:

@@ -172,7 +172,7 @@ def fused_qkv_split_qk_norm_rope_cache(
         cos, sin: ``[P, R/2]`` half tables or ``[P, R]`` full tables as Hugging Face builds them (NeoX halves
             repeated, GPT-J entries repeated twice; one copy is read), float32/bfloat16/float16. Both None: a layer
             without RoPE (NoPE: SmolLM3's ``no_rope_layers``, Llama 4's NoPE layers); then ``rotary_dim``,
-            ``mrope_section`` and ``offsets`` must be None and ``positions`` is not read (it may be None).
+            ``mrope_section`` and ``offsets`` must be None, and ``positions`` (None or ``[T]``) is not read.
         positions: ``[T]`` int32/int64, the table row of each token (plus ``offsets``); with ``mrope_section``
             ``[3, T]`` (rows: temporal, height, width). Values outside ``[0, P)`` are clamped to the nearest row.
         key_cache, value_cache: paged caches, ``kv_cache_layout="NHD"``: ``[num_blocks, block_size, KVH, D]``
@@ -263,12 +263,14 @@ def fused_qkv_split_qk_norm_rope_cache(
 def _check_indices(arrays, plan):
     """``check_indices=True``: concrete index arrays are checked here; traced ones (inside ``jit``) on the host
     through ``jax.debug.callback`` when the computation runs."""
-    names = [n for n in ("positions", "offsets", "slot_mapping") if arrays[n] is not None]
+    # NoPE (no tables): positions are not read, so not checked
+    names = [n for n in ("positions", "offsets", "slot_mapping")
+             if arrays[n] is not None and (n != "positions" or arrays["cos"] is not None)]
     limits = dict(num_table_rows=plan.scalars["num_table_rows"], num_cache_slots=plan.scalars["num_cache_slots"])
 
     def host(*values):
         given = dict(zip(names, values, strict=True))
-        _indices.check_indices(given["positions"], given.get("offsets"), given["slot_mapping"], **limits)
+        _indices.check_indices(given.get("positions"), given.get("offsets"), given["slot_mapping"], **limits)
 
     values = [arrays[n] for n in names]
     if any(isinstance(v, jax.core.Tracer) for v in values):

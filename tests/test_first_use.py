@@ -170,6 +170,37 @@ def test_jax_index_check_inside_jit_reports_through_the_runtime_error():
     jax.block_until_ready(jax.jit(lambda a: op(**a, **good_kw, check_indices=True).key_cache)(good))
 
 
+@pytest.mark.parametrize("frontend", ["torch", "jax"])
+def test_index_checks_with_mrope_and_without_rope(frontend):
+    """mRoPE: a bad entry of the [3, T] positions is named by row and token. NoPE: positions are not read, so
+    they are not checked (None, or values past the missing table), and bad slots are still reported."""
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as top
+
+    def call(case, check=True, **change):
+        args, kwargs = make_inputs(case, DEVICE if frontend == "torch" else "cpu")
+        args.update(change)
+        if frontend == "torch":
+            return top(**args, **kwargs, check_indices=check)
+        conv = lambda v: jnp.asarray(to_numpy(v)) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return jop(**{k: conv(v) for k, v in args.items()}, **{k: conv(v) for k, v in kwargs.items()},
+                   check_indices=check)
+
+    mrope = Case(T=5, mrope="interleaved", with_offsets=True, index_dtype="int32")
+    args, _ = make_inputs(mrope, "cpu")
+    bad = args["positions"].clone()
+    bad[2, 3] = 10_000
+    with pytest.raises(ValueError, match=r"^positions\[2, 3\] \+ offsets\[3\] = 10000 \+ \d+ = \d+ is outside"):
+        call(mrope, positions=bad.to(DEVICE if frontend == "torch" else "cpu"))
+    nope = Case(T=5, nope=True)
+    call(nope)  # positions None
+    far = torch.full((5,), 1000, dtype=torch.int64, device=DEVICE if frontend == "torch" else "cpu")
+    call(nope, positions=far)  # given, not read: not an error
+    slots = torch.tensor([0, 1, 2, 24, 3], device=DEVICE if frontend == "torch" else "cpu")
+    with pytest.raises(ValueError, match=r"slot_mapping\[3\] = 24"):
+        call(nope, positions=far, slot_mapping=slots)
+
+
 # --------------------------------------------------------------------------- JAX dtypes under x64 off
 @pytest.mark.parametrize("name", ["qkv", "cos", "q_weight", "k_scale"])
 def test_jax_float64_input_is_reported_under_its_own_name(name, x64_off):

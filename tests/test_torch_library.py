@@ -105,3 +105,16 @@ def test_compiled_attention_block_reads_the_paged_cache():
     att = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0), is_causal=True)
     want = att.transpose(0, 1).reshape(case.T, -1) @ torch.from_numpy(np64(w_o))
     torch.testing.assert_close(np64(compiled), want.numpy(), rtol=3e-2, atol=3e-2)
+
+
+def test_torch_compile_of_a_configuration_never_seen_eagerly():
+    """The first call of a configuration may be a compiled one: validation then runs without the frontend's memo
+    (dynamo cannot guard on its keys). A fresh eps and mRoPE section make the configuration new to this process."""
+    from fused_qkv.torch_api import FusedQKVOutput
+
+    case = Case(T=5, mrope="contiguous", section=(10, 12, 10), eps=3.25e-6, v_norm=True)
+    args, kwargs = make_inputs(case, DEVICE)
+    kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+    compiled = torch.compile(lambda a, k: tuple(op(**a, **k)), fullgraph=True, dynamic=False)
+    got = compiled(args, kwargs)
+    check_against_oracle(case, args, kwargs, FusedQKVOutput(*got), kc0, vc0, args["key_cache"], args["value_cache"])

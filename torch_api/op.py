@@ -229,7 +229,8 @@ def _check_indices_on_host(tensors: dict, config: OpConfig, layer):
         return
     plan, _ = plan_call(_layer_selected(tensors, layer), config)
     host = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
-    _indices.check_indices(host(tensors["positions"]), host(tensors["offsets"]), host(tensors["slot_mapping"]),
+    positions = tensors["positions"] if tensors["cos"] is not None else None  # NoPE: positions are not read
+    _indices.check_indices(host(positions), host(tensors["offsets"]), host(tensors["slot_mapping"]),
                            num_table_rows=plan.scalars["num_table_rows"],
                            num_cache_slots=plan.scalars["num_cache_slots"])
 
@@ -237,7 +238,8 @@ def _check_indices_on_host(tensors: dict, config: OpConfig, layer):
 def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record):
     """The checked path: validate the configuration and the arguments, then launch directly (plain eager calls)
     or through the registered op."""
-    config = config_from_values(values)
+    # dynamo would trace the memo's dict and fail to guard on its key: under torch.compile, validate directly
+    config = OpConfig(*values) if torch.compiler.is_compiling() else config_from_values(values)
     for name in ARRAY_NAMES:
         t = tensors[name]
         if not (t is None or isinstance(t, torch.Tensor)) or (t is None and name in REQUIRED_ARRAYS):
@@ -309,7 +311,8 @@ def fused_qkv_split_qk_norm_rope_cache(
             Face builds them: NeoX halves repeated, GPT-J entries repeated twice; only one copy is read),
             float32/bfloat16/float16, any strides (``cos_sin_cache[:, :R//2]`` views work as they are). Both
             ``None``: a layer without RoPE (NoPE: SmolLM3's ``no_rope_layers``, Llama 4's NoPE layers); then
-            ``rotary_dim``, ``mrope_section`` and ``offsets`` must be None and ``positions`` is not read (may be None).
+            ``rotary_dim``, ``mrope_section`` and ``offsets`` must be None, and ``positions`` (None or ``[T]``) is not
+            read.
         positions: ``[T]`` int32/int64 row of the tables for each token (plus ``offsets``); with ``mrope_section``
             ``[3, T]`` (rows: temporal, height, width; any strides). Values outside ``[0, max_positions)`` are
             clamped to the nearest row.
