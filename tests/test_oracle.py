@@ -85,3 +85,42 @@ def test_reference_gate_layouts(layout):
     else:  # [q0 | q1 | g0 | g1 | k | v]
         assert r.q[0, 1, 0] == D + 1 and r.gate[0, 0, 0] == 2 * D + 1
     assert r.k[0, 0, 0] == 4 * D + 1 and r.v[0, 0, 0] == 5 * D + 1
+
+
+def test_reference_mrope_nope_v_norm_k_eq_v_hand_computed():
+    """The model-coverage options on one token of head_dim 8 (4 rotary pairs), against values worked by hand."""
+    q = np.arange(1.0, 9.0)
+    k = np.arange(11.0, 19.0)
+    v = np.array([3.0, 4.0] * 4)  # rms sqrt(12.5)
+    kw = dict(num_q_heads=1, num_kv_heads=1, head_dim=8, num_cache_slots=4, key_cache_dtype="float32",
+              value_cache_dtype="float32", eps=0.0)
+    # table row p: pair i turns by 90 degrees at row 1, 180 at row 2, not at row 0
+    cos = np.array([[1.0] * 4, [0.0] * 4, [-1.0] * 4])
+    sin = np.array([[0.0] * 4, [1.0] * 4, [0.0] * 4])
+    qkv = np.concatenate([q, k, v])[None]
+    # mRoPE, contiguous (1, 2, 1): pair 0 reads row t (position 0), pairs 1-2 row h (1), pair 3 row w (2)
+    pos = np.array([[0], [1], [2]])
+    out = reference(qkv, None, None, cos, sin, pos, [0], mrope_section=(1, 2, 1), **kw)
+    # NeoX pairs (i, i + 4): pair 0 unturned; pairs 1, 2 by 90 degrees (a' = -b, b' = a); pair 3 by 180
+    np.testing.assert_array_equal(out.q[0, 0], [1.0, -6.0, -7.0, -4.0, 5.0, 2.0, 3.0, -8.0])
+    # interleaved (2, 1, 1): pair 1 -> row h, pair 2 -> row w, pairs 0 and 3 -> row t
+    out = reference(qkv, None, None, cos, sin, pos, [0], mrope_section=(2, 1, 1), mrope_interleaved=True, **kw)
+    np.testing.assert_array_equal(out.q[0, 0], [1.0, -6.0, -3.0, 4.0, 5.0, 2.0, -7.0, 8.0])
+    # equal rows: plain RoPE
+    plain = reference(qkv, None, None, cos, sin, [1], [0], **kw)
+    same = reference(qkv, None, None, cos, sin, np.array([[1], [1], [1]]), [0], mrope_section=(1, 2, 1), **kw)
+    np.testing.assert_array_equal(plain.q, same.q)
+    # NoPE: no tables, no rotation
+    nope = reference(qkv, None, None, None, None, None, [0], **kw)
+    np.testing.assert_array_equal(nope.q[0, 0], q)
+    np.testing.assert_array_equal(nope.k[0, 0], k)
+    # V-norm: v / rms(v), no weight
+    vn = reference(qkv, None, None, None, None, None, [0], v_norm=True, **kw)
+    np.testing.assert_allclose(vn.v[0, 0], v / np.sqrt(12.5))
+    np.testing.assert_array_equal(vn.key_cache_values[0, 0], k)
+    np.testing.assert_allclose(vn.value_cache_values[0, 0], v / np.sqrt(12.5))
+    # K = V: no V block; V is the raw K projection (before K's norm and RoPE), then V-norm
+    w = np.full(8, 2.0)
+    kv = reference(np.concatenate([q, k])[None], None, w, cos, sin, [1], [0], k_eq_v=True, v_norm=True, **kw)
+    np.testing.assert_allclose(kv.v[0, 0], k / np.sqrt(np.mean(k * k)))
+    assert not np.allclose(kv.k[0, 0], kv.v[0, 0])  # k is normed with its weight and rotated
