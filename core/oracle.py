@@ -74,6 +74,11 @@ class OracleResult(NamedTuple):
     ``key_cache_values[t]`` / ``value_cache_values[t]`` ([KVH, D]) are the values the
     cache must hold at ``slots[t]``: ``k / k_scale`` rounded to the cache dtype (fp8
     saturating). ``exact_key_cache[t]`` is the same before rounding.
+
+    fp8 attention inputs (None unless asked for): ``exact_q`` ``[T, QH, D]`` is ``q`` divided by its scale and
+    ``q_values`` that rounded to ``q_dtype``; ``q_scales`` ``[T, QH]`` the dynamic per-token-head scales;
+    ``key_scales`` / ``value_scales`` ``[T, KVH]`` the per-token-head cache scales (what the scale caches hold at
+    ``slots[t]``; ``exact_*_cache`` are then divided by them).
     """
 
     q: np.ndarray  # [T, QH, D]
@@ -85,6 +90,21 @@ class OracleResult(NamedTuple):
     exact_value_cache: np.ndarray
     key_cache_values: np.ndarray
     value_cache_values: np.ndarray
+    exact_q: Optional[np.ndarray] = None
+    q_values: Optional[np.ndarray] = None
+    q_scales: Optional[np.ndarray] = None
+    key_scales: Optional[np.ndarray] = None
+    value_scales: Optional[np.ndarray] = None
+
+
+TINY = 2.0**-126  # float32's smallest normal: the floor of a dynamic scale (an all-zero head)
+
+
+def dynamic_scale(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Per-row scale over the last axis: ``max(amax(|x|) / fp8_max, TINY)`` (the row's largest value maps to
+    ``fp8_max``)."""
+    amax = np.abs(np.asarray(x, np.float64)).max(axis=-1)
+    return np.maximum(amax / FP8_FORMATS[dtype].max_finite, TINY)
 
 
 def rms_norm(x: np.ndarray, weight: Optional[np.ndarray], eps: float, offset: float) -> np.ndarray:
@@ -148,7 +168,8 @@ def reference(
     eps: float = 1e-6, norm_weight_offset: float = 0.0, is_neox: bool = True, rotary_dim: Optional[int] = None,
     offsets=None, attn_output_gate: bool = False, gated_qkv_layout: str = "interleaved",
     k_scale=None, v_scale=None, mrope_section=None, mrope_interleaved: bool = False, v_norm: bool = False,
-    k_eq_v: bool = False,
+    k_eq_v: bool = False, q_dtype: Optional[str] = None, q_scale=None, k_scale_cache: bool = False,
+    v_scale_cache: bool = False,
 ) -> OracleResult:
     """The op's contract in float64. Array arguments are NumPy arrays (any real dtype).
 
@@ -156,6 +177,9 @@ def reference(
     the cache values. Positions are clamped to the table (``[0, rows - 1]``). ``cos = sin = None``: no rotation
     (NoPE; ``positions`` is ignored). ``mrope_section``: positions are ``[3, T]`` (see :func:`mrope_rows`).
     ``v_norm``: V is RMS-normalised without a weight. ``k_eq_v``: qkv holds no V block; V is the raw K projection.
+    ``q_dtype`` (an fp8 dtype name): q is also quantised, by ``q_scale`` (one element) or, with ``q_scale=None``,
+    by a dynamic scale per token and Q head (:func:`dynamic_scale`). ``k_scale_cache`` / ``v_scale_cache``: the
+    fp8 cache holds K / V divided by a dynamic scale per token and KV head (no static ``k_scale`` / ``v_scale``).
     """
     f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
     qkv = f64(qkv)
@@ -202,12 +226,32 @@ def reference(
         s = np.asarray(scale, np.float64).reshape(-1)
         return x / (s[None, :, None] if s.size > 1 else s[0])
 
-    ek, ev = scaled(k, k_scale), scaled(v, v_scale)
+    def per_token_head(x, name, static, dtype, wanted):
+        if not wanted:
+            return scaled(x, static), None
+        if static is not None or dtype not in FP8_FORMATS:
+            raise ValueError(f"{name}: a per-token-head scale cache needs an fp8 cache and no static scale")
+        s = dynamic_scale(x, dtype)
+        return x / s[..., None], s
+
+    ek, key_scales = per_token_head(k, "key_cache", k_scale, key_cache_dtype, k_scale_cache)
+    ev, value_scales = per_token_head(v, "value_cache", v_scale, value_cache_dtype, v_scale_cache)
+    exact_q = q_values = q_scales = None
+    if q_dtype is not None:
+        if q_dtype not in FP8_FORMATS:
+            raise ValueError(f"q_dtype must be an fp8 dtype, got {q_dtype}")
+        if q_scale is None:
+            q_scales = dynamic_scale(q, q_dtype)
+            exact_q = q / q_scales[..., None]
+        else:
+            exact_q = q / float(np.asarray(q_scale, np.float64).reshape(-1)[0])
+        q_values = round_to_format(exact_q, q_dtype)
     return OracleResult(
         q=q, gate=None if gate is None else gate.copy(), k=k, v=v, slots=slots,
         exact_key_cache=ek, exact_value_cache=ev,
         key_cache_values=round_to_format(ek, key_cache_dtype),
         value_cache_values=round_to_format(ev, value_cache_dtype),
+        exact_q=exact_q, q_values=q_values, q_scales=q_scales, key_scales=key_scales, value_scales=value_scales,
     )
 
 

@@ -124,3 +124,31 @@ def test_reference_mrope_nope_v_norm_k_eq_v_hand_computed():
     kv = reference(np.concatenate([q, k])[None], None, w, cos, sin, [1], [0], k_eq_v=True, v_norm=True, **kw)
     np.testing.assert_allclose(kv.v[0, 0], k / np.sqrt(np.mean(k * k)))
     assert not np.allclose(kv.k[0, 0], kv.v[0, 0])  # k is normed with its weight and rotated
+
+
+def test_reference_fp8_attention_inputs():
+    """fp8 Q with a static and a dynamic per-token-head scale, and per-token-head K/V cache scales (the fp8
+    attention issue's contract; the kernel does not implement it yet)."""
+    from fused_qkv.core.oracle import TINY
+
+    q = np.array([1.0, -900.0, 2.0, 0.5] * 4)  # head_dim 16; amax 900
+    k = np.zeros(16)  # an all-zero head: the scale floor
+    v = np.array([3.0, -7.0] * 8)
+    qkv = np.concatenate([q, k, v])[None]
+    kw = dict(num_q_heads=1, num_kv_heads=1, head_dim=16, num_cache_slots=2, key_cache_dtype="float8_e4m3fn",
+              value_cache_dtype="float8_e4m3fn", eps=0.0)
+    static = reference(qkv, None, None, None, None, None, [1], q_dtype="float8_e4m3fn", q_scale=[2.0], **kw)
+    np.testing.assert_array_equal(static.exact_q[0, 0], q / 2.0)
+    assert static.q_values[0, 0, 1] == -448.0 and static.q_values[0, 0, 0] == 0.5  # saturates; exact
+    assert static.q_scales is None and static.key_scales is None
+    dyn = reference(qkv, None, None, None, None, None, [1], q_dtype="float8_e4m3fn", k_scale_cache=True,
+                    v_scale_cache=True, **kw)
+    np.testing.assert_array_equal(dyn.q_scales, [[900.0 / 448.0]])
+    assert dyn.q_values[0, 0, 1] == -448.0  # the head's largest value maps to the format's largest
+    np.testing.assert_array_equal(dyn.key_scales, [[TINY]])
+    np.testing.assert_array_equal(dyn.key_cache_values[0, 0], np.zeros(16))
+    np.testing.assert_array_equal(dyn.value_scales, [[7.0 / 448.0]])
+    assert dyn.value_cache_values[0, 0, 1] == -448.0 and dyn.value_cache_values[0, 0, 0] == 192.0  # 3*64 exact
+    np.testing.assert_array_equal(dyn.q, static.q)  # q itself is unscaled
+    with pytest.raises(ValueError, match="needs an fp8 cache and no static scale"):
+        reference(qkv, None, None, None, None, None, [1], k_scale_cache=True, k_scale=[1.0], **kw)
