@@ -206,6 +206,21 @@ def _load_position(positions_ptr, offsets_ptr, row_off, tok64, tok_mask, num_tab
 
 
 @triton.jit
+def _mrope_select(c, s, cos_ptr, sin_ptr, pos_h, pos_w, tcol, ld_half, i, MROPE: tl.constexpr, MROPE_T: tl.constexpr,
+                  MROPE_H: tl.constexpr, MROPE_W: tl.constexpr, COS_ROW_STRIDE: tl.constexpr,
+                  COS_COL_STRIDE: tl.constexpr, SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr):
+    """mRoPE: (cos, sin) with each frequency taken from its section's row; ``c``/``s`` hold the temporal row's."""
+    c_h = tl.load(cos_ptr + pos_h * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+    s_h = tl.load(sin_ptr + pos_h * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+    c_w = tl.load(cos_ptr + pos_w * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
+    s_w = tl.load(sin_ptr + pos_w * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
+    sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
+    c = tl.where(sec == 1, c_h.to(tl.float32), tl.where(sec == 2, c_w.to(tl.float32), c))
+    s = tl.where(sec == 1, s_h.to(tl.float32), tl.where(sec == 2, s_w.to(tl.float32), s))
+    return c, s
+
+
+@triton.jit
 def _load_tables(cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64, tok_mask, num_table_rows, i, ld_half,
                  HAS_OFFSETS: tl.constexpr, MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr,
                  MROPE_W: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
@@ -222,13 +237,8 @@ def _load_tables(cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64, tok_mask, 
                                HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
         pos_w = _load_position(positions_ptr, offsets_ptr, 2 * POS_ROW_STRIDE, tok64, tok_mask, num_table_rows,
                                HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
-        c_h = tl.load(cos_ptr + pos_h * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
-        s_h = tl.load(sin_ptr + pos_h * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
-        c_w = tl.load(cos_ptr + pos_w * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
-        s_w = tl.load(sin_ptr + pos_w * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
-        sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
-        c = tl.where(sec == 1, c_h.to(tl.float32), tl.where(sec == 2, c_w.to(tl.float32), c))
-        s = tl.where(sec == 1, s_h.to(tl.float32), tl.where(sec == 2, s_w.to(tl.float32), s))
+        c, s = _mrope_select(c, s, cos_ptr, sin_ptr, pos_h, pos_w, tcol, ld_half, i, MROPE, MROPE_T, MROPE_H, MROPE_W,
+                             COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE)
     return c, s
 
 
@@ -276,13 +286,8 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
         if MROPE != 0:
             # whole rows, then a select: a gather through per-frequency positions would lose the vector loads
             # (one row per token keeps each table load contiguous along the frequencies)
-            c_h = tl.load(cos_ptr + pos_h * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
-            s_h = tl.load(sin_ptr + pos_h * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
-            c_w = tl.load(cos_ptr + pos_w * COS_ROW_STRIDE + tcol * COS_COL_STRIDE, mask=ld_half, other=0.0)
-            s_w = tl.load(sin_ptr + pos_w * SIN_ROW_STRIDE + tcol * SIN_COL_STRIDE, mask=ld_half, other=0.0)
-            sec = _mrope_row(i, MROPE, MROPE_T, MROPE_H, MROPE_W)[None, :]
-            c = tl.where(sec == 1, c_h.to(tl.float32), tl.where(sec == 2, c_w.to(tl.float32), c))
-            s = tl.where(sec == 1, s_h.to(tl.float32), tl.where(sec == 2, s_w.to(tl.float32), s))
+            c, s = _mrope_select(c, s, cos_ptr, sin_ptr, pos_h, pos_w, tcol, ld_half, i, MROPE, MROPE_T, MROPE_H,
+                                 MROPE_W, COS_ROW_STRIDE, COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE)
     a = a.to(tl.float32)
     b = b.to(tl.float32)
     if HAS_NORM:

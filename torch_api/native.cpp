@@ -207,8 +207,7 @@ PyObject* native_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (meets(pq, s[0], s[1], pv, s[4], s[5]) && !pair_ok(*entry, 2, pv - pq)) Py_RETURN_NONE;
 
     // One allocation holds every output (each contiguous, 256-byte aligned); each output is a tensor of its own
-    // on that storage, made without the dispatcher (S2, four outputs: 1.82 -> 1.26 us per call on the CPU;
-    // bench/NOTES.md, version 5).
+    // on that storage, made without the dispatcher (S2, four outputs: 1.82 -> 1.26 us of host time per call).
     const at::Tensor buf = at::empty({entry->out_total}, t[kQkv]->options());
     const uint64_t base = reinterpret_cast<uint64_t>(buf.data_ptr());
     const int64_t item = static_cast<int64_t>(buf.itemsize());
