@@ -389,16 +389,22 @@ def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int) -> dict
 
 
 GROUP_MIN_TOKENS = 513
+# from here up to GROUP_WIDE_TOKENS, pairs of heads: more programs beat fewer table reads at T 4096-8192
+GROUP_PAIR_TOKENS = 4096
+GROUP_WIDE_TOKENS = 8193
 
 
 def head_group(config: OpConfig, rotates: bool, num_tokens: int) -> int:
     """Q and K heads per program. mRoPE reads three table rows per token, more than the qkv data of a head at
-    head_dim 128: from GROUP_MIN_TOKENS tokens up to 4 heads (dividing both head counts) share one read of them.
-    Below, the programs' parallelism wins (H200, S5: 1.5 against 2.5 us at T=1, 3.9 against 4.2 at T=256, 9.8
-    against 7.5 at T=1024; docs/performance.md). 1 otherwise."""
+    head_dim 128, so from GROUP_MIN_TOKENS tokens several heads (dividing both head counts) share one read of them:
+    4, except 2 for GROUP_PAIR_TOKENS <= T < GROUP_WIDE_TOKENS. Below GROUP_MIN_TOKENS the programs' parallelism
+    wins. The H200 sweep of S5 (tools/group_sweep.py, bench/results/group_sweep.json; docs/performance.md): heads
+    per program 1 / 2 / 4 / 8 take 9.6 / 7.9 / 7.3 / 9.0 us at T=1024, 34.8 / 32.9 / 33.4 / 34.9 at 4096,
+    66.6 / 62.6 / 62.6 / 64.1 at 8192 and 288.1 / 249.1 / 237.0 / 239.1 at 32768. 1 otherwise."""
     if not rotates or config.mrope_section is None or num_tokens < GROUP_MIN_TOKENS:
         return 1
-    return next(g for g in (4, 2, 1) if config.num_q_heads % g == 0 and config.num_kv_heads % g == 0)
+    widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
+    return next(g for g in (widest, 2, 1) if config.num_q_heads % g == 0 and config.num_kv_heads % g == 0)
 
 
 def _mrope_constexprs(config: OpConfig, positions: Optional[ArrayInfo]) -> dict:
@@ -491,9 +497,10 @@ def evict_first(num_tokens: int, qkv_row_bytes: int, target: str) -> bool:
 def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32):
     """Deterministic (BLOCK_T, num_warps) from shapes only; shared by every frontend.
 
-    Under the interpreter each program costs Python overhead, so tiles are large. On GPUs: about 16 elements of a
-    head per thread; 16-token tiles for head_dim 128 (2 at T <= 16, where more programs win), 2-token tiles for
-    head_dim >= 256 (the H100 tile sweep in bench/results/sweep.json; docs/performance.md).
+    Under the interpreter each program costs Python overhead, so tiles are large. On GPUs, 2-token tiles at
+    T <= 16 (more programs win); above, 16-token tiles with 16 elements per thread for head_dim 128 (the H100 sweep,
+    bench/results/sweep.json) and one warp of 1024 elements from head_dim 256: 4 tokens at 256, 2 at 512 (H200
+    sweeps of S2 and S6; docs/performance.md).
     """
     if target == "interpreter":
         block_t = min(next_pow2(max(num_tokens, 1)), max(1, 8192 // block_d))
@@ -501,12 +508,14 @@ def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32
         return block_t, num_warps
     if _overrides["tiles"] is not None:
         return _overrides["tiles"]
-    if block_d >= 256 or num_tokens <= 16:
-        block_t = 2
+    if block_d >= 256:  # 1024 elements (one warp, 32 per thread) per program
+        block_t = 2 if num_tokens <= 16 else 1024 // block_d
+        per_thread = 32
     else:
-        block_t = max(1, 2048 // block_d)
+        block_t = 2 if num_tokens <= 16 else max(1, 2048 // block_d)
+        per_thread = 16
     block_t = min(block_t, next_pow2(max(num_tokens, 1)))
-    num_warps = min(8, next_pow2(max(1, block_t * block_d // (16 * warp_size))))
+    num_warps = min(8, next_pow2(max(1, block_t * block_d // (per_thread * warp_size))))
     return block_t, num_warps
 
 

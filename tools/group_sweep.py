@@ -1,0 +1,86 @@
+"""Sweep the mRoPE head group (``plan.head_group``) and the tiles of the model-coverage shapes (S5, S6) against
+the same shapes without their options, on the GPU, timed as ``fused-qkv bench`` times them (CUDA-graph replays).
+
+    python tools/group_sweep.py --out DIR [--tokens 1024,4096,8192,32768]
+
+Writes DIR/group_sweep.json and prints the best choices per (shape, T) in % of the copy bandwidth measured first.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from fused_qkv.bench import bench
+from fused_qkv.core import plan
+from fused_qkv.torch_api.op import clear_caches
+
+TILES = [None, (2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (16, 2), (16, 4), (32, 4)]
+
+
+def timed(fn, T, nbytes, copy_bw):
+    reps = 200 if T <= bench.L2_TOKENS else 40
+    per_graph = bench.calls_per_graph(T, nbytes / (copy_bw * 1e9) * 1e6)
+    clear_caches()
+    return bench.graph_time_us(fn, reps, per_graph)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tokens", default="1024,4096,8192,32768")
+    parser.add_argument("--shapes", default="S5,S6")
+    args = parser.parse_args()
+    copy_bw = bench.copy_bandwidth_gbps()
+    print(f"copy bandwidth {copy_bw:.0f} GB/s", flush=True)
+    real_group = plan.head_group
+    found = []
+    for sname in args.shapes.split(","):
+        shape = bench.SHAPES[sname]
+        groups = (1, 2, 4, 8) if shape.get("mrope_section") else (1,)
+        for T in [int(t) for t in args.tokens.split(",")]:
+            inp = bench.torch_inputs(shape, T)
+            fns = bench.torch_impls(shape, inp)
+            nbytes = bench.min_bytes(shape, T)
+            pct = lambda us, nbytes=nbytes: 100 * nbytes / (us * 1e-6) / 1e9 / copy_bw  # noqa: E731
+            rows = []
+            for variant in ("fused_torch", "fused_plain"):
+                for g in groups if variant == "fused_torch" else (1,):
+                    for tiles in TILES:
+                        if tiles and tiles[0] * plan.next_pow2(shape["head_dim"]) > 16384:
+                            continue
+                        plan.head_group = (lambda c, r, n, g=g: g if c.mrope_section else 1) if g > 1 else (
+                            lambda c, r, n: 1)
+                        try:
+                            if tiles:
+                                with plan.tile_override(*tiles):
+                                    us = timed(fns[variant], T, nbytes, copy_bw)
+                            else:
+                                us = timed(fns[variant], T, nbytes, copy_bw)
+                        finally:
+                            plan.head_group = real_group
+                        rows.append(dict(variant=variant, group=g, tiles=tiles, us=us))
+            plan.head_group = real_group
+            default = timed(fns["fused_torch"], T, nbytes, copy_bw)
+            plain_default = timed(fns["fused_plain"], T, nbytes, copy_bw)
+            found.append(dict(shape=sname, T=T, default_us=default, plain_default_us=plain_default, rows=rows))
+            best = sorted((r for r in rows if r["variant"] == "fused_torch"), key=lambda r: r["us"])[:5]
+            bestp = sorted((r for r in rows if r["variant"] == "fused_plain"), key=lambda r: r["us"])[:3]
+            print(f"{sname} T={T}: default {default:.1f} us ({pct(default):.1f}%), plain default {plain_default:.1f}"
+                  f" ({pct(plain_default):.1f}%)", flush=True)
+            print("   best: " + "; ".join(f"g={r['group']} tiles={r['tiles']} {r['us']:.1f} ({pct(r['us']):.1f}%)"
+                                         for r in best), flush=True)
+            print("   plain best: " + "; ".join(f"tiles={r['tiles']} {r['us']:.1f} ({pct(r['us']):.1f}%)"
+                                               for r in bestp), flush=True)
+            for g in groups:
+                r = [x for x in rows if x["variant"] == "fused_torch" and x["group"] == g and x["tiles"] is None]
+                print(f"   g={g} default tiles: {r[0]['us']:.1f}", flush=True)
+            del inp, fns
+            torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "group_sweep.json"), "w") as f:
+        json.dump(dict(copy_bandwidth_gbps=copy_bw, results=found), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
