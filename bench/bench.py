@@ -47,10 +47,19 @@ SHAPES = {
     "S6": dict(num_q_heads=16, num_kv_heads=4, head_dim=512, norm_weight_offset=0.0, rotary_dim=None,
                attn_output_gate=False, cache="bfloat16", scale=False, return_kv=True,
                k_eq_v=True, v_norm=True, table="proportional"),
+    # fp8 attention (the fp8 entry point): S1 with a static fp8 q and an fp8 cache with per-tensor scales (S7), S1
+    # with a dynamic per-token-head fp8 q and per-token-head K/V scale caches (S8)
+    "S7": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="float8_e4m3fn", scale=True, return_kv=True, q_fp8="static"),
+    "S8": dict(num_q_heads=32, num_kv_heads=8, head_dim=128, norm_weight_offset=0.0, rotary_dim=None,
+               attn_output_gate=False, cache="float8_e4m3fn", scale=False, return_kv=True, q_fp8="dynamic",
+               scale_cache=True),
 }
 # the options only the fused op has (S5, S6): their rows add ``fused_plain``, the same shape without them, and
 # leave out the unfused chains (which cover the options of S1-S4)
-NEW_OPTIONS = ("mrope_section", "mrope_interleaved", "k_eq_v", "v_norm")
+MODEL_OPTIONS = ("mrope_section", "mrope_interleaved", "k_eq_v", "v_norm")  # op keyword arguments
+FP8_OPTIONS = ("q_fp8", "scale_cache")  # S7/S8: the fp8 entry point's arguments (see fp8_kwargs)
+NEW_OPTIONS = MODEL_OPTIONS + FP8_OPTIONS
 
 
 def plain_shape(shape: dict) -> dict:
@@ -74,10 +83,13 @@ def min_bytes(shape: dict, T: int) -> int:
     gate = shape["attn_output_gate"]
     width = (QH * (2 if gate else 1) + (1 if shape.get("k_eq_v") else 2) * KVH) * D
     cache_item = 1 if shape["cache"].startswith("float8") else 2
+    q_item = 1 if shape.get("q_fp8") else 2
     b = T * width * 2  # qkv
     b += 2 * T * (R // 2) * (2 if shape.get("table") == "proportional" else 4)  # cos, sin: one entry per pair
     b += T * 8 * (3 if shape.get("mrope_section") else 1) + T * 8  # positions, slot_mapping
-    b += T * QH * D * 2 * (2 if gate else 1)  # q (+ gate)
+    b += T * QH * D * (q_item + (2 if gate else 0))  # q (+ gate)
+    b += T * QH * 4 if shape.get("q_fp8") == "dynamic" else 0  # q_scales
+    b += 2 * T * KVH * 4 if shape.get("scale_cache") else 0  # scale cache writes
     b += (2 * T * KVH * D * 2) if shape["return_kv"] else 0  # k, v outputs
     b += 2 * T * KVH * D * cache_item  # cache writes
     return b
@@ -86,8 +98,25 @@ def min_bytes(shape: dict, T: int) -> int:
 def _cfg(shape):
     cfg = {k: shape[k] for k in ("num_q_heads", "num_kv_heads", "head_dim", "norm_weight_offset", "rotary_dim",
                                  "attn_output_gate")}
-    cfg.update({k: shape[k] for k in NEW_OPTIONS if shape.get(k)})
+    cfg.update({k: shape[k] for k in MODEL_OPTIONS if shape.get(k)})
     return cfg
+
+
+def fp8_kwargs(shape: dict, inp: dict, framework: str = "torch") -> dict:
+    """The fp8 entry point's arguments of S7/S8 (an empty dict for the other shapes: the main entry point)."""
+    if not any(shape.get(k) for k in FP8_OPTIONS):
+        return {}
+    if framework == "torch":
+        import torch
+
+        kw = dict(q_dtype=torch.float8_e4m3fn)
+    else:
+        import jax.numpy as jnp
+
+        kw = dict(q_dtype=jnp.float8_e4m3fn)
+    kw.update(q_scale=inp.get("q_scale"), k_scale_cache=inp.get("k_scale_cache"),
+              v_scale_cache=inp.get("v_scale_cache"))
+    return kw
 
 
 def torch_inputs(shape: dict, T: int, seed: int = 0):
@@ -121,6 +150,11 @@ def torch_inputs(shape: dict, T: int, seed: int = 0):
     cos, sin = ang.cos().float(), ang.sin().float()
     if shape.get("table") == "proportional":  # as transformers hands it to the model: full width, model dtype
         cos, sin = (torch.cat([t, t], -1).to(torch.bfloat16) for t in (cos, sin))
+    if shape.get("q_fp8") == "static":
+        extra["q_scale"] = torch.tensor([0.02], device="cuda")
+    if shape.get("scale_cache"):
+        extra["k_scale_cache"] = torch.rand(cache_shape[:-1], device="cuda", generator=g) + 0.5
+        extra["v_scale_cache"] = torch.rand(cache_shape[:-1], device="cuda", generator=g) + 0.5
     return dict(
         extra,
         qkv=qkv,
@@ -266,12 +300,14 @@ def torch_impls(shape, inp):
     import torch
     from fused_qkv.core import ARRAY_NAMES
     from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as op8
     from fused_qkv.torch_api.unfused import prologue_math, unfused, write_cache
 
     cfg = _cfg(shape)
     args = [inp[k] for k in ARRAY_NAMES[:9]]
-    fused = lambda: op(*args, **cfg, k_scale=inp["k_scale"], v_scale=inp["v_scale"],  # noqa: E731
-                       return_kv=shape["return_kv"])
+    fp8 = fp8_kwargs(shape, inp)
+    fused = lambda: (op8 if fp8 else op)(*args, **cfg, k_scale=inp["k_scale"], v_scale=inp["v_scale"],  # noqa: E731
+                                         return_kv=shape["return_kv"], **fp8)
     if has_new_options(shape):  # and the same shape without them
         plain = dict(inp, qkv=inp.get("qkv_plain", inp["qkv"]), positions=inp.get("positions_plain",
                                                                                  inp["positions"]))
@@ -331,6 +367,7 @@ def jax_impls(shape, inp):
     import jax.numpy as jnp
     import torch
     from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache_fp8 as jop8
     from fused_qkv.jax_api.unfused import unfused as junfused
 
     cfg = _cfg(shape)
@@ -346,6 +383,26 @@ def jax_impls(shape, inp):
     j["positions"] = j["positions"].astype(jnp.int32)
     j["slot_mapping"] = j["slot_mapping"].astype(jnp.int32)
     state = {"kc": j.pop("key_cache"), "vc": j.pop("value_cache")}
+    fp8 = fp8_kwargs(shape, j, "jax")
+    if fp8:  # S7/S8: the fp8 entry point, its scale caches donated with the caches
+        scales = {"ksc": fp8.pop("k_scale_cache"), "vsc": fp8.pop("v_scale_cache")}
+        q_scale = fp8.pop("q_scale")
+
+        @jax.jit(donate_argnums=(1, 2, 3))
+        def fused8(j, kc, vc, sc):
+            out = jop8(j["qkv"], j["q_weight"], j["k_weight"], j["cos"], j["sin"], j["positions"], kc, vc,
+                       j["slot_mapping"], k_scale=j["k_scale"], v_scale=j["v_scale"], return_kv=shape["return_kv"],
+                       q_scale=q_scale, k_scale_cache=sc["ksc"], v_scale_cache=sc["vsc"], **fp8, **cfg)
+            return ((out.q, out.gate, out.k, out.v), out.key_cache, out.value_cache,
+                    {"ksc": out.k_scale_cache, "vsc": out.v_scale_cache})
+
+        def call8():
+            outs, state["kc"], state["vc"], new = fused8(j, state["kc"], state["vc"], scales)
+            scales.update(new)
+            jax.block_until_ready(outs)
+            return outs
+
+        return {"fused_jax": call8}
 
     @jax.jit(donate_argnums=(1, 2))
     def fused(j, kc, vc):
@@ -448,12 +505,21 @@ def verify(shape, inp, out, jax_call=None) -> dict:
                     value_cache_dtype=shape["cache"], norm_weight_offset=shape["norm_weight_offset"],
                     rotary_dim=shape["rotary_dim"], attn_output_gate=shape["attn_output_gate"],
                     k_scale=f64(inp["k_scale"]), v_scale=f64(inp["v_scale"]),
-                    **{k: shape[k] for k in NEW_OPTIONS if shape.get(k)})
+                    q_dtype="float8_e4m3fn" if shape.get("q_fp8") else None, q_scale=f64(inp.get("q_scale")),
+                    k_scale_cache=bool(shape.get("scale_cache")), v_scale_cache=bool(shape.get("scale_cache")),
+                    **{k: shape[k] for k in MODEL_OPTIONS if shape.get(k)})
     slots = inp["slot_mapping"].cpu()
     flat = lambda c: c.reshape(-1, *c.shape[-2:])[slots.to(c.device)]  # noqa: E731
-    scores = {"q": rounding_error(f64(out.q), ref.q, "bfloat16")[0],
+    q_exact, q_dtype = (ref.exact_q, "float8_e4m3fn") if shape.get("q_fp8") else (ref.q, "bfloat16")
+    scores = {"q": rounding_error(f64(out.q), q_exact, q_dtype)[0],
               "key_cache": rounding_error(f64(flat(kc)), ref.exact_key_cache, shape["cache"])[0],
               "value_cache": rounding_error(f64(flat(inp["value_cache"])), ref.exact_value_cache, shape["cache"])[0]}
+    if shape.get("q_fp8") == "dynamic":  # fp32 scales: relative error in units of 2**-16
+        scores["q_scales"] = np.max(np.abs(f64(out.q_scales) - ref.q_scales) / ref.q_scales) * 2**16
+    if shape.get("scale_cache"):
+        for name, exact in (("k_scale_cache", ref.key_scales), ("v_scale_cache", ref.value_scales)):
+            got = f64(inp[name].reshape(-1, inp[name].shape[-1])[slots.to(inp[name].device)])
+            scores[name] = np.max(np.abs(got - exact) / exact) * 2**16
     if shape["return_kv"]:
         scores["k"] = rounding_error(f64(out.k), ref.k, "bfloat16")[0]
         scores["v"] = rounding_error(f64(out.v), ref.v, "bfloat16")[0]
@@ -461,7 +527,7 @@ def verify(shape, inp, out, jax_call=None) -> dict:
         import jax.numpy as jnp
 
         jout = jax_call()
-        scores["jax q"] = rounding_error(np.asarray(jout[0].astype(jnp.float32), np.float64), ref.q, "bfloat16")[0]
+        scores["jax q"] = rounding_error(np.asarray(jout[0].astype(jnp.float32), np.float64), q_exact, q_dtype)[0]
     scores = {k: round(float(v), 3) for k, v in scores.items()}
     if not all(v <= 1.0 for v in scores.values()) or T == 0:
         raise AssertionError(f"fused op disagrees with the oracle: {scores}")
@@ -554,7 +620,7 @@ def print_table(result):
           " (fused_jax over unfused_jax); jax/torch: kernel time of the fused JAX op over the fused torch op's, both"
           " from the profiler; jax bound: unfused_jax / floor, the most any op could gain over the jax chain;"
           " 1-copy %: one device copy of the same bytes, timed the same way, in % of copy bandwidth;"
-          " x plain: fused_torch / fused_plain, the cost of S5/S6's options (fused_plain: the same shape without"
+          " x plain: fused_torch / fused_plain, the cost of S5-S8's options (fused_plain: the same shape without"
           " them, its own bytes);"
           " * = T <= 1024: latency only (working set in L2)")
     kernel = result.get("kernel_us", {})
@@ -681,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                             + ("" if v["return_kv"] else ", no k/v outputs")
                             + (f", mRoPE {v['mrope_section']}" if v.get("mrope_section") else "")
                             + (", K=V" if v.get("k_eq_v") else "") + (", V-norm" if v.get("v_norm") else "")
+                            + (f", {v['q_fp8']} fp8 q" if v.get("q_fp8") else "")
+                            + (", per-token-head K/V scale caches" if v.get("scale_cache") else "")
                             for k, v in SHAPES.items()))
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)),
                         help="comma-separated token counts T to time at each shape")

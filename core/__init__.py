@@ -10,6 +10,8 @@ from .indices import check_indices, index_checks_requested
 from .oracle import OracleResult, format_quantum, reference, round_to_format, rounding_error
 from .plan import (
     ARRAY_NAMES,
+    FAST_PATH_ARRAYS,
+    FP8_ATTENTION_ARRAYS,
     FP8_FORMATS,
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -38,8 +40,9 @@ def launch_on_host(plan, inputs, outputs):
 
 
 __all__ = [
-    "ARRAY_NAMES", "ArrayInfo", "FP8_FORMATS", "INPUT_NAMES", "LaunchPlan", "OUTPUT_NAMES", "OpConfig", "OracleResult",
-    "REQUIRED_ARRAYS", "SCALAR_NAMES", "check_indices", "check_layer", "config_from_values", "format_quantum",
-    "get_kernel", "index_checks_requested", "launch_on_host", "ordered_args", "plan_for", "plan_launch", "reference",
-    "rocm_target", "round_to_format", "rounding_error", "tensor_parallel_columns", "warp_size",
+    "ARRAY_NAMES", "ArrayInfo", "FAST_PATH_ARRAYS", "FP8_ATTENTION_ARRAYS", "FP8_FORMATS", "INPUT_NAMES",
+    "LaunchPlan", "OUTPUT_NAMES", "OpConfig", "OracleResult", "REQUIRED_ARRAYS", "SCALAR_NAMES", "check_indices",
+    "check_layer", "config_from_values", "format_quantum", "get_kernel", "index_checks_requested", "launch_on_host",
+    "ordered_args", "plan_for", "plan_launch", "reference", "rocm_target", "round_to_format", "rounding_error",
+    "tensor_parallel_columns", "warp_size",
 ]

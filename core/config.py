@@ -14,6 +14,7 @@ from typing import Optional
 GATE_LAYOUTS = ("interleaved", "blocked")
 LAYOUTS = ("NHD", "HND")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 512
+FP8_DTYPE_NAMES = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2")  # plan.FP8_FORMATS' keys
 
 
 def _is_int(x) -> bool:
@@ -63,6 +64,7 @@ class OpConfig:
     mrope_interleaved: bool = False
     v_norm: bool = False
     k_eq_v: bool = False
+    q_dtype: Optional[str] = None  # an fp8 dtype name: q is quantised (the ``..._fp8`` entry points)
 
     def __post_init__(self):
         check_int("num_q_heads", self.num_q_heads)
@@ -86,6 +88,8 @@ class OpConfig:
             object.__setattr__(self, "mrope_section", _check_mrope_section(self.mrope_section, self.rotary))
         elif self.mrope_interleaved:
             raise ValueError("mrope_interleaved=True needs mrope_section (the (t, h, w) split of the frequencies)")
+        if self.q_dtype is not None and self.q_dtype not in FP8_DTYPE_NAMES:
+            raise TypeError(f"q_dtype must be None or an fp8 dtype ({list(FP8_DTYPE_NAMES)}), got {self.q_dtype!r}")
         # the kernel takes them as fp32 scalars: ints are accepted and stored as floats
         object.__setattr__(self, "eps", float(self.eps))
         object.__setattr__(self, "norm_weight_offset", float(self.norm_weight_offset))

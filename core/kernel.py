@@ -10,7 +10,8 @@ Argument order (fixed; both frontends rely on it, see ``plan.INPUT_NAMES`` etc.)
 2. runtime scalars  (``plan.SCALAR_NAMES``)
 3. output pointers  (``plan.OUTPUT_NAMES``) -- jax-triton appends one pointer per
    output, aliased outputs included; the torch binding passes the cache tensors
-   both as ``key_cache_in`` and as ``key_cache`` (never read through ``*_in``).
+   both as ``key_cache_in`` and as ``key_cache`` (never read through ``*_in``), and
+   the scale caches of the fp8 entry points likewise (``k_scale_cache_in`` / ``k_scale_cache``).
 4. constexprs       (``plan.LaunchPlan.constexprs``), passed by keyword.
 
 Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the
@@ -132,6 +133,24 @@ def _rms_scale(a, b, p, HEAD_DIM: tl.constexpr, eps):
     ss = (tl.reduce(a * a, 1, tl.standard._sum_combine) + tl.reduce(b * b, 1, tl.standard._sum_combine)
           + tl.reduce(p * p, 1, tl.standard._sum_combine))
     return tl.math.rsqrt(ss / HEAD_DIM + eps)
+
+
+@triton.jit
+def _row_amax(x):
+    """[BLOCK_T] max |x| over a tile's channels (masked lanes hold 0); the combiner as in ``_rms_scale``."""
+    return tl.reduce(tl.abs(x), 1, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _dynamic_scale(amax, MAXV: tl.constexpr):
+    """Per-token-head fp8 scale: ``max(amax / MAXV, 2**-126)`` (the head's largest value maps to MAXV)."""
+    return tl.maximum(amax / MAXV, 1.1754943508222875e-38)
+
+
+@triton.jit
+def _head_scale(a, b, p, MAXV: tl.constexpr):
+    """The dynamic scale of a rotated head held as its three channel groups."""
+    return _dynamic_scale(tl.maximum(tl.maximum(_row_amax(a), _row_amax(b)), _row_amax(p)), MAXV)
 
 
 @triton.jit
@@ -307,10 +326,12 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     # ---- 1. input pointers (plan.INPUT_NAMES) ----
     qkv_ptr, q_weight_ptr, k_weight_ptr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr,
     slot_mapping_ptr, k_scale_ptr, v_scale_ptr, layer_ptr, key_cache_in_ptr, value_cache_in_ptr,
+    q_scale_ptr, k_scale_cache_in_ptr, v_scale_cache_in_ptr,
     # ---- 2. runtime scalars (plan.SCALAR_NAMES) ----
     num_tokens, num_slot_entries, num_cache_slots, num_table_rows, eps, norm_weight_offset,
     # ---- 3. output pointers (plan.OUTPUT_NAMES) ----
     q_out_ptr, gate_out_ptr, k_out_ptr, v_out_ptr, key_cache_ptr, value_cache_ptr,
+    q_scales_ptr, k_scale_cache_ptr, v_scale_cache_ptr,
     # ---- 4. constexprs ----
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     HALF_ROT: tl.constexpr,  # rotary_dim // 2
@@ -327,7 +348,13 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     GATE_COL0: tl.constexpr, GATE_HEAD_STRIDE: tl.constexpr, K_COL0: tl.constexpr, V_COL0: tl.constexpr,
     HAS_Q_NORM: tl.constexpr, HAS_K_NORM: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_LAYER: tl.constexpr,
     HAS_GATE: tl.constexpr, RETURN_KV: tl.constexpr,
-    K_SCALE_MODE: tl.constexpr, V_SCALE_MODE: tl.constexpr,  # 0 none, 1 per tensor, 2 per KV head
+    K_SCALE_MODE: tl.constexpr, V_SCALE_MODE: tl.constexpr,  # 0 none, 1 per tensor, 2 per KV head, 3 scale cache
+    Q_SCALE_MODE: tl.constexpr,  # 0: q in the input dtype; fp8 q: 1 static scale, 2 dynamic per token and head
+    Q_MBITS: tl.constexpr, Q_EMIN: tl.constexpr, Q_MAXV: tl.constexpr, Q_SOFT_FP8: tl.constexpr,
+    KS_LAYER_STRIDE: tl.constexpr, KS_BLOCK_STRIDE: tl.constexpr, KS_SLOT_STRIDE: tl.constexpr,
+    KS_HEAD_STRIDE: tl.constexpr,  # the key scale cache (K_SCALE_MODE 3)
+    VS_LAYER_STRIDE: tl.constexpr, VS_BLOCK_STRIDE: tl.constexpr, VS_SLOT_STRIDE: tl.constexpr,
+    VS_HEAD_STRIDE: tl.constexpr,
     K_MBITS: tl.constexpr, K_EMIN: tl.constexpr, K_MAXV: tl.constexpr,  # K_MBITS 0: cache is not fp8
     V_MBITS: tl.constexpr, V_EMIN: tl.constexpr, V_MAXV: tl.constexpr,
     K_SOFT_FP8: tl.constexpr, V_SOFT_FP8: tl.constexpr,  # interpreter only: no fnuz type there
@@ -350,6 +377,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         key_cache_ptr = key_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
     if V_SOFT_FP8:
         value_cache_ptr = value_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
+    if Q_SOFT_FP8:
+        q_out_ptr = q_out_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
     pid = tl.program_id(0)
     head = pid % NUM_HEAD_PROGS
     tblock = pid // NUM_HEAD_PROGS
@@ -404,13 +433,24 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
                     HEAD_GROUP > 1)
                 q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + qh * HEAD_DIM)[:, None]
-                _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                            HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+                if Q_SCALE_MODE == 0:
+                    _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
+                                HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+                else:
+                    if Q_SCALE_MODE == 1:
+                        qs = tl.load(q_scale_ptr)
+                    else:
+                        qs_t = _head_scale(a_rot, b_rot, p, Q_MAXV)
+                        tl.store(q_scales_ptr + tok64 * NUM_Q_HEADS + qh, qs_t, mask=tok_mask)
+                        qs = qs_t[:, None]
+                    _store_head(q_dst, row_mask, a_rot / qs, b_rot / qs, p / qs, a_offs, b_offs, p_offs, half_mask,
+                                pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV, Q_SOFT_FP8,
+                                HW_CAST, EVICT_FIRST)
         else:
             slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
             for g in tl.static_range(HEAD_GROUP):
                 kh = (head - NUM_Q_PROGS) * HEAD_GROUP + g
-                if K_SCALE_MODE != 0:
+                if K_SCALE_MODE == 1 or K_SCALE_MODE == 2:
                     ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
                 a_rot, b_rot, p = _load_norm_rope(
                     qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
@@ -426,6 +466,12 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
                                 HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
                 cache_off = slot_base + kh * KC_HEAD_STRIDE
+                if K_SCALE_MODE == 3:  # per token and head: the scale goes to the scale cache at the same slot
+                    ks_t = _head_scale(a_rot, b_rot, p, K_MAXV)
+                    s_ok, s_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
+                                              KS_LAYER_STRIDE, KS_BLOCK_STRIDE, KS_SLOT_STRIDE)
+                    tl.store(k_scale_cache_ptr + s_base + kh * KS_HEAD_STRIDE, ks_t, mask=s_ok)
+                    ks = ks_t[:, None]
                 if K_SCALE_MODE != 0:
                     a_rot = a_rot / ks
                     b_rot = b_rot / ks
@@ -438,7 +484,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         vh = head - K_END
         x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, EVICT_FIRST)  # V head
         slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
-        if V_SCALE_MODE != 0:
+        if V_SCALE_MODE == 1 or V_SCALE_MODE == 2:
             vs = tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
         if V_NORM:
             xf = x.to(tl.float32)
@@ -460,6 +506,12 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         else:
             if not V_NORM:
                 xf = x.to(tl.float32)
+            if V_SCALE_MODE == 3:  # per token and head, as for K
+                vs_t = _dynamic_scale(_row_amax(xf), V_MAXV)
+                s_ok, s_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
+                                          VS_LAYER_STRIDE, VS_BLOCK_STRIDE, VS_SLOT_STRIDE)
+                tl.store(v_scale_cache_ptr + s_base + vh * VS_HEAD_STRIDE, vs_t, mask=s_ok)
+                vs = vs_t[:, None]
             if V_SCALE_MODE != 0:
                 xf = xf / vs
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,

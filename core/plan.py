@@ -17,18 +17,24 @@ from typing import Any, Mapping, NamedTuple, Optional
 from .config import OpConfig, check_int
 
 # The array arguments of the public functions, in their positional order, then the optional keyword ones.
+# The last three are the fp8-attention arguments (the ``..._fp8`` entry points); the first twelve are the main
+# entry points' (FAST_PATH_ARRAYS: what the eager fast paths and the native launcher take).
 ARRAY_NAMES = ("qkv", "q_weight", "k_weight", "cos", "sin", "positions", "key_cache", "value_cache", "slot_mapping",
-               "offsets", "k_scale", "v_scale")
+               "offsets", "k_scale", "v_scale", "q_scale", "k_scale_cache", "v_scale_cache")
+FAST_PATH_ARRAYS = ARRAY_NAMES[:12]
+FP8_ATTENTION_ARRAYS = ARRAY_NAMES[12:]
 REQUIRED_ARRAYS = ("qkv", "key_cache", "value_cache", "slot_mapping")  # cos, sin, positions: None on NoPE layers
 
 # Kernel argument order (see core/kernel.py). jax-triton passes inputs, then scalars, then one pointer per output;
 # constexprs go by keyword.
 INPUT_NAMES = (
     "qkv", "q_weight", "k_weight", "cos", "sin", "positions", "offsets", "slot_mapping",
-    "k_scale", "v_scale", "layer", "key_cache_in", "value_cache_in",
+    "k_scale", "v_scale", "layer", "key_cache_in", "value_cache_in", "q_scale", "k_scale_cache_in",
+    "v_scale_cache_in",
 )
 SCALAR_NAMES = ("num_tokens", "num_slot_entries", "num_cache_slots", "num_table_rows", "eps", "norm_weight_offset")
-OUTPUT_NAMES = ("q", "gate", "k", "v", "key_cache", "value_cache")
+OUTPUT_NAMES = ("q", "gate", "k", "v", "key_cache", "value_cache", "q_scales", "k_scale_cache", "v_scale_cache")
+ALLOCATED_OUTPUTS = ("q", "gate", "k", "v", "q_scales")  # the frontend allocates these; the rest are in place
 
 FLOAT_INPUT_DTYPES = ("float16", "bfloat16", "float32")
 TABLE_DTYPES = FLOAT_INPUT_DTYPES
@@ -62,6 +68,15 @@ TARGET_FP8 = {
     "hip:gfx942": ("float8_e4m3fnuz",),  # MI300: fnuz only (OCP e4m3fn is gfx950+)
     "hip:gfx950": ("float8_e4m3fn", "float8_e5m2"),
 }
+
+# fp8 dtypes q may take (``q_dtype``): e4m3 only, the attention kernels' input format, in each target's variant
+TARGET_Q_FP8 = {
+    "interpreter": ("float8_e4m3fn", "float8_e4m3fnuz"),
+    "cuda": ("float8_e4m3fn",),
+    "hip:gfx942": ("float8_e4m3fnuz",),
+    "hip:gfx950": ("float8_e4m3fn",),
+}
+TINY = 2.0**-126  # the floor of a dynamic scale (float32's smallest normal): an all-zero head divides by it
 
 # Triton's interpreter has no IR type for fnuz fp8: there the kernel encodes the bits itself.
 SOFT_FP8_ON_INTERPRETER = ("float8_e4m3fnuz",)
@@ -113,8 +128,8 @@ class LaunchPlan:
     num_warps: int
     constexprs: Mapping[str, Any]
     scalars: Mapping[str, Any]
-    # output name -> (shape, dtype) for the outputs the frontend allocates (q, gate, k, v);
-    # absent ones (gate without attn_output_gate, k/v without return_kv) map to None.
+    # output name -> (shape, dtype name) for the outputs the frontend allocates (ALLOCATED_OUTPUTS); absent ones
+    # (gate without attn_output_gate, k/v without return_kv, q_scales unless q is fp8 with dynamic scales) map to None.
     out_shapes: Mapping[str, Optional[tuple]]
     num_tokens: int
     has_layer: bool
@@ -287,11 +302,16 @@ def _check_caches(arrays, config: OpConfig, layer, target: str) -> tuple:
     return num_blocks, block_size
 
 
-def _scale_modes(arrays, config: OpConfig) -> dict:
-    """0: no scale, 1: one per tensor, 2: one per KV head."""
-    modes = {}
-    for name in ("k_scale", "v_scale"):
+def _scale_modes(arrays, config: OpConfig, target: str) -> dict:
+    """K/V: 0 no scale, 1 one per tensor, 2 one per KV head, 3 one per token and KV head (a scale cache). Q (key
+    ``q_scale``): 0 q in the input dtype, 1 fp8 with a static scale, 2 fp8 with a dynamic scale per token and head."""
+    modes = {"q_scale": _q_mode(arrays, config, target)}
+    for name, cname, sname in (("k_scale", "key_cache", "k_scale_cache"), ("v_scale", "value_cache", "v_scale_cache")):
         sc = arrays[name]
+        if arrays[sname] is not None:
+            _check_scale_cache(arrays, sname, cname, name)
+            modes[name] = 3
+            continue
         if sc is None:
             modes[name] = 0
             continue
@@ -304,6 +324,50 @@ def _scale_modes(arrays, config: OpConfig) -> dict:
             raise ValueError(f"{name} must be contiguous")
         modes[name] = 1 if sc.numel == 1 else 2
     return modes
+
+
+def _q_mode(arrays, config: OpConfig, target: str) -> int:
+    q_scale = arrays["q_scale"]
+    if config.q_dtype is None:
+        if q_scale is not None:
+            raise ValueError("q_scale is given but q_dtype is None: q_scale divides an fp8 q (pass q_dtype)")
+        return 0
+    if config.q_dtype not in TARGET_Q_FP8[target]:
+        raise TypeError(f"q_dtype {config.q_dtype} is not supported on target {target}; supported there: "
+                        f"{list(TARGET_Q_FP8[target])} (fp8 q is e4m3)")
+    if q_scale is None:
+        return 2
+    _check_dtype("q_scale", q_scale, ("float32",))
+    _check_device("q_scale", q_scale, arrays["qkv"].device)
+    if q_scale.ndim > 1 or q_scale.numel != 1:
+        raise ValueError(f"q_scale must hold 1 element (a static per-tensor scale; None for dynamic per-token-head "
+                         f"scales), got shape {tuple(q_scale.shape)}")
+    return 1
+
+
+def _check_scale_cache(arrays, sname: str, cname: str, static_name: str) -> None:
+    """A per-token-head scale cache: float32, the cache's shape without head_dim, next to an fp8 cache."""
+    sc, cache = arrays[sname], arrays[cname]
+    if arrays[static_name] is not None:
+        raise ValueError(f"{sname} and {static_name} are both given: pass a static scale or a per-token-head scale "
+                         f"cache, not both")
+    if cache.dtype not in FP8_FORMATS:
+        raise TypeError(f"{sname} needs an fp8 {cname}, got {cname} dtype {cache.dtype}")
+    _check_dtype(sname, sc, ("float32",))
+    _check_device(sname, sc, arrays["qkv"].device)
+    if tuple(sc.shape) != tuple(cache.shape[:-1]):
+        raise ValueError(f"{sname} must have the shape of {cname} without its last (head_dim) axis, "
+                         f"{tuple(cache.shape[:-1])}, got {tuple(sc.shape)}")
+
+
+def check_scale_cache_overlaps(arrays) -> None:
+    """The scale caches are written in place too: apart from each other, the caches and qkv."""
+    names = ("qkv", "key_cache", "value_cache", "k_scale_cache", "v_scale_cache")
+    for i, a in enumerate(names):
+        for b in names[max(i + 1, 3):]:
+            if a != b and arrays[a] is not None and arrays[b] is not None and \
+                    _may_share_elements(arrays[a], arrays[b]):
+                raise ValueError(f"{b} must not overlap {a} in memory")
 
 
 def check_layer(cache_shape, layer) -> None:
@@ -346,8 +410,9 @@ def plan_launch(arrays: Mapping[str, Optional[ArrayInfo]], config: OpConfig, *, 
     rotates = _check_tables(arrays, config)
     _check_index_arrays(arrays, config, rotates)
     num_blocks, block_size = _check_caches(arrays, config, layer, target)
-    scale_modes = _scale_modes(arrays, config)
+    scale_modes = _scale_modes(arrays, config, target)
     check_overlaps(arrays["qkv"], arrays["key_cache"], arrays["value_cache"])  # the caches are written in place
+    check_scale_cache_overlaps(arrays)
     plan = _build_plan(arrays, config, rotates, num_blocks, block_size, scale_modes, target, warp_size)
     for observer in _plan_observers:
         observer(plan, target)
@@ -358,6 +423,21 @@ def _cache_strides(cache: ArrayInfo, layout: str):
     """(layer, block, slot, head) strides in elements; layer 0 for 4-D caches."""
     s = cache.strides[-4:]
     layer_stride = cache.strides[0] if cache.ndim == 5 else 0
+    if layout == "NHD":
+        return layer_stride, s[0], s[1], s[2]
+    return layer_stride, s[0], s[2], s[1]
+
+
+def _dtype_or_none(arr: Optional[ArrayInfo]) -> Optional[str]:
+    return None if arr is None else arr.dtype
+
+
+def _scale_cache_strides(sc: Optional[ArrayInfo], layout: str):
+    """(layer, block, slot, head) strides in elements of a scale cache (the cache's shape without head_dim)."""
+    if sc is None:
+        return 0, 0, 0, 0
+    s = sc.strides[-3:]
+    layer_stride = sc.strides[0] if sc.ndim == 4 else 0
     if layout == "NHD":
         return layer_stride, s[0], s[1], s[2]
     return layer_stride, s[0], s[2], s[1]
@@ -427,6 +507,10 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     kls, kbs, kss, khs = _cache_strides(key_cache, config.kv_cache_layout)
     vls, vbs, vss, vhs = _cache_strides(value_cache, config.kv_cache_layout)
     (k_mbits, k_emin, k_max), (v_mbits, v_emin, v_max) = map(_fp8_constants, (key_cache.dtype, value_cache.dtype))
+    q_dtype = config.q_dtype or in_dtype
+    q_mbits, q_emin, q_max = _fp8_constants(q_dtype)
+    ks_strides = _scale_cache_strides(arrays["k_scale_cache"], config.kv_cache_layout)
+    vs_strides = _scale_cache_strides(arrays["v_scale_cache"], config.kv_cache_layout)
     has_pass = rotary_dim < D
     block_d = next_pow2(D)
     block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
@@ -437,6 +521,11 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
         HAS_OFFSETS=offsets is not None, HAS_LAYER=has_layer, HAS_GATE=config.attn_output_gate,
         RETURN_KV=config.return_kv, K_SCALE_MODE=scale_modes["k_scale"], V_SCALE_MODE=scale_modes["v_scale"],
         K_MBITS=k_mbits, K_EMIN=k_emin, K_MAXV=k_max, V_MBITS=v_mbits, V_EMIN=v_emin, V_MAXV=v_max,
+        Q_SCALE_MODE=scale_modes["q_scale"], Q_MBITS=q_mbits, Q_EMIN=q_emin, Q_MAXV=q_max,
+        Q_SOFT_FP8=target == "interpreter" and q_dtype in SOFT_FP8_ON_INTERPRETER,
+        KS_LAYER_STRIDE=ks_strides[0], KS_BLOCK_STRIDE=ks_strides[1], KS_SLOT_STRIDE=ks_strides[2],
+        KS_HEAD_STRIDE=ks_strides[3], VS_LAYER_STRIDE=vs_strides[0], VS_BLOCK_STRIDE=vs_strides[1],
+        VS_SLOT_STRIDE=vs_strides[2], VS_HEAD_STRIDE=vs_strides[3],
         K_SOFT_FP8=target == "interpreter" and key_cache.dtype in SOFT_FP8_ON_INTERPRETER,
         V_SOFT_FP8=target == "interpreter" and value_cache.dtype in SOFT_FP8_ON_INTERPRETER,
         QKV_ROW_STRIDE=qkv.strides[0], POS_STRIDE=positions.strides[-1] if rotates else 0,
@@ -457,17 +546,20 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     )
     QH, KVH = config.num_q_heads, config.num_kv_heads
     out_shapes = {
-        "q": ((T, QH, D), in_dtype),
+        "q": ((T, QH, D), q_dtype),
         "gate": ((T, QH, D), in_dtype) if config.attn_output_gate else None,
         "k": ((T, KVH, D), in_dtype) if config.return_kv else None,
         "v": ((T, KVH, D), in_dtype) if config.return_kv else None,
+        "q_scales": ((T, QH), "float32") if scale_modes["q_scale"] == 2 else None,
     }
     grid = (max(1, -(-T // block_t)) * constexprs["NUM_HEAD_PROGS"],) if T > 0 else (0,)
     dtypes = {n: None if arrays[n] is None else arrays[n].dtype for n in INPUT_NAMES if n in arrays}
     pointer_dtypes = dict(
         dtypes, layer="int32" if has_layer else None, key_cache_in=key_cache.dtype,
         value_cache_in=value_cache.dtype, key_cache=key_cache.dtype, value_cache=value_cache.dtype,
-        **{n: (None if out_shapes[n] is None else in_dtype) for n in ("q", "gate", "k", "v")})
+        k_scale_cache_in=_dtype_or_none(arrays["k_scale_cache"]), k_scale_cache=_dtype_or_none(arrays["k_scale_cache"]),
+        v_scale_cache_in=_dtype_or_none(arrays["v_scale_cache"]), v_scale_cache=_dtype_or_none(arrays["v_scale_cache"]),
+        **{n: (None if out_shapes[n] is None else out_shapes[n][1]) for n in ALLOCATED_OUTPUTS})
     pointer_dtypes = {n: pointer_dtypes[n] for n in INPUT_NAMES + OUTPUT_NAMES}
     return LaunchPlan(grid=grid, num_warps=num_warps, constexprs=constexprs, scalars=scalars, out_shapes=out_shapes,
                       num_tokens=T, has_layer=has_layer, pointer_dtypes=pointer_dtypes)

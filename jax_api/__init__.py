@@ -4,6 +4,12 @@ GPU through ``jax_triton.triton_call`` (imported lazily, only on GPU); CPU throu
 kernel under Triton's interpreter.
 """
 
-from .op import FusedQKVJaxOutput, fused_qkv_split_qk_norm_rope_cache
+from .op import (
+    FusedQKVJaxFp8Output,
+    FusedQKVJaxOutput,
+    fused_qkv_split_qk_norm_rope_cache,
+    fused_qkv_split_qk_norm_rope_cache_fp8,
+)
 
-__all__ = ["FusedQKVJaxOutput", "fused_qkv_split_qk_norm_rope_cache"]
+__all__ = ["FusedQKVJaxFp8Output", "FusedQKVJaxOutput", "fused_qkv_split_qk_norm_rope_cache",
+           "fused_qkv_split_qk_norm_rope_cache_fp8"]

@@ -31,6 +31,7 @@ from fused_qkv.core import (
 )
 from fused_qkv.core import indices as _indices
 from fused_qkv.core.config import mrope_section_tuple
+from fused_qkv.core.plan import ALLOCATED_OUTPUTS
 
 
 class FusedQKVJaxOutput(NamedTuple):
@@ -47,6 +48,25 @@ class FusedQKVJaxOutput(NamedTuple):
     key_cache: jax.Array
     value_cache: jax.Array
 
+
+class FusedQKVJaxFp8Output(NamedTuple):
+    """Outputs of :func:`fused_qkv_split_qk_norm_rope_cache_fp8` (JAX): those of :class:`FusedQKVJaxOutput`
+    (q in ``q_dtype`` when given), then q_scales: ``[T, QH]`` float32 dynamic scales (``q_dtype`` given and
+    ``q_scale=None``) or None; k_scale_cache, v_scale_cache: the updated scale caches (None where not given)."""
+
+    q: jax.Array
+    gate: Optional[jax.Array]
+    k: Optional[jax.Array]
+    v: Optional[jax.Array]
+    key_cache: jax.Array
+    value_cache: jax.Array
+    q_scales: Optional[jax.Array]
+    k_scale_cache: Optional[jax.Array]
+    v_scale_cache: Optional[jax.Array]
+
+
+_INPLACE = (("key_cache", "key_cache_in"), ("value_cache", "value_cache_in"), ("k_scale_cache", "k_scale_cache_in"),
+            ("v_scale_cache", "v_scale_cache_in"))  # (output, its aliased input)
 
 _jax_triton = None
 
@@ -234,7 +254,70 @@ def fused_qkv_split_qk_norm_rope_cache(
     given = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
                  key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
                  k_scale=k_scale, v_scale=v_scale)
-    arrays = {name: _as_array(given[name], name, name in REQUIRED_ARRAYS) for name in ARRAY_NAMES}
+    outs = _call(given, config, layer, check_indices)
+    return FusedQKVJaxOutput(*(outs.get(n) for n in FusedQKVJaxOutput._fields))
+
+
+def fused_qkv_split_qk_norm_rope_cache_fp8(
+    qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, *,
+    num_q_heads: int, num_kv_heads: int, head_dim: int, q_dtype=None, q_scale=None, k_scale_cache=None,
+    v_scale_cache=None, eps: float = 1e-6, norm_weight_offset: float = 0.0, is_neox: bool = True,
+    rotary_dim: Optional[int] = None, offsets=None, attn_output_gate: bool = False,
+    gated_qkv_layout: str = "interleaved", k_scale=None, v_scale=None, kv_cache_layout: str = "NHD",
+    return_kv: bool = True, mrope_section: Optional[Sequence[int]] = None, mrope_interleaved: bool = False,
+    v_norm: bool = False, k_eq_v: bool = False, layer: Any = None, check_indices: Optional[bool] = None,
+) -> FusedQKVJaxFp8Output:
+    """:func:`fused_qkv_split_qk_norm_rope_cache` for fp8 attention: fp8 q and per-token-head fp8 K/V scales, in
+    the same single kernel launch. Every argument of that function means the same here; the fp8 ones:
+
+    Args:
+        q_dtype: ``None`` (q in the input dtype) or the fp8 dtype of q (static): ``jnp.float8_e4m3fn`` (CUDA,
+            gfx950) or ``jnp.float8_e4m3fnuz`` (ROCm gfx942); e5m2 q is not supported. q is computed in float32,
+            divided by its scale and rounded once to nearest-even, saturating. The gate stays in the input dtype;
+            k and v are returned unquantised.
+        q_scale: with ``q_dtype``: a float32 array of 1 element, the static scale (``q = saturate(q / q_scale)``);
+            ``None``: one dynamic scale per token and Q head, ``s = max(amax(|q|) / fp8_max, 2**-126)`` over the
+            head's ``D`` values, returned as ``q_scales``.
+        k_scale_cache, v_scale_cache: per-token-head scale caches, float32, shaped like the cache without its
+            last axis (``[num_blocks, block_size, KVH]`` NHD, ``[num_blocks, KVH, block_size]`` HND, with the
+            caches' leading layer axis where they have one). With one, its cache must be fp8 and its static scale
+            None: each written token and KV head gets ``s = max(amax / fp8_max, 2**-126)`` over its ``D`` values
+            (after norm, RoPE and ``v_norm``); the cache stores ``x / s`` and the scale cache ``s`` at the same
+            slot; skipped slots keep both. Returned updated, aliased like the caches: donate them too
+            (``donate_argnames=("key_cache", "value_cache", "k_scale_cache", "v_scale_cache")``) to stay in place.
+
+    Returns:
+        :class:`FusedQKVJaxFp8Output` ``(q, gate, k, v, key_cache, value_cache, q_scales, k_scale_cache,
+        v_scale_cache)``: a separate entry point and result type, so that the main function's six-field result
+        never changes.
+
+    Raises:
+        TypeError / ValueError naming the argument, as the main function, and for a q_dtype the target cannot
+        store, a ``q_scale`` of the wrong size or dtype or without ``q_dtype``, a scale cache of the wrong shape or
+        dtype, beside a non-fp8 cache or together with a static scale.
+    """
+    if q_dtype is not None:
+        try:
+            q_dtype = jnp.dtype(q_dtype).name
+        except TypeError as exc:
+            raise TypeError(f"q_dtype must be None or an fp8 dtype, got {q_dtype!r}") from exc
+    config = OpConfig(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+                      norm_weight_offset=norm_weight_offset, is_neox=is_neox, rotary_dim=rotary_dim,
+                      attn_output_gate=attn_output_gate, gated_qkv_layout=gated_qkv_layout,
+                      kv_cache_layout=kv_cache_layout, return_kv=return_kv,
+                      mrope_section=mrope_section_tuple(mrope_section), mrope_interleaved=mrope_interleaved,
+                      v_norm=v_norm, k_eq_v=k_eq_v, q_dtype=q_dtype)
+    given = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
+                 key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
+                 k_scale=k_scale, v_scale=v_scale, q_scale=q_scale, k_scale_cache=k_scale_cache,
+                 v_scale_cache=v_scale_cache)
+    outs = _call(given, config, layer, check_indices)
+    return FusedQKVJaxFp8Output(*(outs.get(n) for n in FusedQKVJaxFp8Output._fields))
+
+
+def _call(given: dict, config: OpConfig, layer, check_indices) -> dict:
+    """Validate, plan and launch; returns every output by name (absent ones missing)."""
+    arrays = {name: _as_array(given.get(name), name, name in REQUIRED_ARRAYS) for name in ARRAY_NAMES}
     layer_spec, layer_arr = _layer_spec(layer)
     check_layer(tuple(arrays["key_cache"].shape), layer_spec)
     target = _target(_platform(arrays["qkv"]))
@@ -244,20 +327,21 @@ def fused_qkv_split_qk_norm_rope_cache(
 
     inputs = {n: arrays.get(n) for n in INPUT_NAMES}
     inputs["layer"] = layer_arr
-    inputs["key_cache_in"], inputs["value_cache_in"] = arrays["key_cache"], arrays["value_cache"]
-    present = [n for n in ("q", "gate", "k", "v") if plan.out_shapes[n] is not None]
+    for out_name, in_name in _INPLACE:
+        inputs[in_name] = arrays[out_name]
+    present = [n for n in ALLOCATED_OUTPUTS if plan.out_shapes[n] is not None]
     out_structs = {n: jax.ShapeDtypeStruct(*plan.out_shapes[n]) for n in present}
-    cache_structs = {n: jax.ShapeDtypeStruct(arrays[n].shape, arrays[n].dtype) for n in ("key_cache", "value_cache")}
+    inplace = [n for n, _ in _INPLACE if arrays[n] is not None]
+    cache_structs = {n: jax.ShapeDtypeStruct(arrays[n].shape, arrays[n].dtype) for n in inplace}
 
     if plan.grid[0] == 0:  # no tokens: nothing to launch
         outs = {n: jnp.zeros(s.shape, s.dtype) for n, s in out_structs.items()}
-        outs.update(key_cache=arrays["key_cache"], value_cache=arrays["value_cache"])
+        outs.update({n: arrays[n] for n in inplace})
     elif target == "interpreter":
         outs = _run_on_host(plan, inputs, present, out_structs, cache_structs)
     else:
         outs = _run_triton_call(plan, inputs, present, out_structs, cache_structs)
-    return FusedQKVJaxOutput(outs["q"], outs.get("gate"), outs.get("k"), outs.get("v"), outs["key_cache"],
-                             outs["value_cache"])
+    return outs
 
 
 def _check_indices(arrays, plan):
@@ -282,42 +366,38 @@ def _check_indices(arrays, plan):
 def _run_on_host(plan, inputs, present, out_structs, cache_structs):
     """CPU: the interpreted kernel inside ``jax.pure_callback`` (the caches are copied into new buffers)."""
     names = [n for n in INPUT_NAMES if inputs[n] is not None]
-    result_structs = [out_structs[n] for n in present] + [cache_structs["key_cache"], cache_structs["value_cache"]]
+    inplace = list(cache_structs)
+    result_structs = [out_structs[n] for n in present] + [cache_structs[n] for n in inplace]
 
     def host(*arrays):
         given = dict(zip(names, arrays, strict=True))
         host_inputs = {n: (np.asarray(given[n]) if n in given else None) for n in INPUT_NAMES}
-        kc = np.array(host_inputs["key_cache_in"], copy=True, order="C")
-        vc = np.array(host_inputs["value_cache_in"], copy=True, order="C")
-        host_inputs["key_cache_in"], host_inputs["value_cache_in"] = kc, vc
+        full = {n: None for n in OUTPUT_NAMES}
+        for out_name, in_name in _INPLACE:
+            if out_name in cache_structs:
+                full[out_name] = host_inputs[in_name] = np.array(host_inputs[in_name], copy=True, order="C")
         outs = {n: np.empty(out_structs[n].shape, out_structs[n].dtype) for n in present}
-        full = {n: outs.get(n) for n in ("q", "gate", "k", "v")}
-        full.update(key_cache=kc, value_cache=vc)
+        full.update(outs)
         launch_on_host(plan, host_inputs, full)
-        return tuple(outs[n] for n in present) + (kc, vc)
+        return tuple(outs[n] for n in present) + tuple(full[n] for n in inplace)
 
     results = jax.pure_callback(host, result_structs, *[inputs[n] for n in names], vmap_method="sequential")
-    outs = dict(zip(present, results[:len(present)], strict=True))
-    outs["key_cache"], outs["value_cache"] = results[-2], results[-1]
-    return outs
+    return dict(zip(present + inplace, results, strict=True))
 
 
 def _run_triton_call(plan, inputs, present, out_structs, cache_structs):
-    """GPU: the compiled kernel through jax_triton, the caches aliased input -> output."""
+    """GPU: the compiled kernel through jax_triton, the caches (and scale caches) aliased input -> output."""
     jt = _import_jax_triton()
     # every pointer slot needs an array: absent optional inputs/outputs get a 1-element dummy (never accessed:
     # the constexpr flags switch their use off)
     dummy_in = jnp.zeros((1,), jnp.float32)
+    dummy_out = jax.ShapeDtypeStruct((1,), jnp.float32)
     array_args = [inputs[n] if inputs[n] is not None else dummy_in for n in INPUT_NAMES]
     scalars = [np.float32(v) if isinstance(v, float) else v for v in (plan.scalars[n] for n in SCALAR_NAMES)]
-    out_shape = [out_structs.get(n, jax.ShapeDtypeStruct((1,), jnp.float32)) for n in ("q", "gate", "k", "v")]
-    out_shape += [cache_structs["key_cache"], cache_structs["value_cache"]]
+    out_shape = [out_structs.get(n, cache_structs.get(n, dummy_out)) for n in OUTPUT_NAMES]
     # input_output_aliases keys count array arguments only (the scalars are not counted)
-    aliases = {INPUT_NAMES.index("key_cache_in"): OUTPUT_NAMES.index("key_cache"),
-               INPUT_NAMES.index("value_cache_in"): OUTPUT_NAMES.index("value_cache")}
+    aliases = {INPUT_NAMES.index(i): OUTPUT_NAMES.index(o) for o, i in _INPLACE if o in cache_structs}
     results = jt.triton_call(*array_args, *scalars, kernel=get_kernel(interpret=False), out_shape=out_shape,
                              grid=plan.grid, num_warps=plan.num_warps, input_output_aliases=aliases,
                              **plan.constexprs)
-    outs = {n: results[OUTPUT_NAMES.index(n)] for n in present}
-    outs["key_cache"], outs["value_cache"] = results[4], results[5]
-    return outs
+    return {n: results[OUTPUT_NAMES.index(n)] for n in present + list(cache_structs)}

@@ -17,6 +17,7 @@ DEVICE = os.environ.get("FUSED_QKV_TEST_DEVICE", "cpu")
 # fp8 cache dtypes the device's target stores (see fused_qkv.core.plan.TARGET_FP8)
 FP8_ON_DEVICE = (["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz"] if DEVICE == "cpu"
                  else ["float8_e4m3fn", "float8_e5m2"])
+Q_FP8_ON_DEVICE = ["float8_e4m3fn", "float8_e4m3fnuz"] if DEVICE == "cpu" else ["float8_e4m3fn"]  # fp8 q: e4m3
 
 collect_ignore = [] if DEVICE.startswith("cuda") else ["gpu"]
 

@@ -62,6 +62,10 @@ class Case:
     mrope_rows: str = "random"  # random | equal (all three rows the same) | view (a transposed [T, 3] array)
     v_norm: bool = False
     k_eq_v: bool = False
+    # fp8 attention (the ``..._fp8`` entry points): q_fp8 None | static | dynamic; scale_cache none | k | v | kv
+    q_fp8: Optional[str] = None
+    q_dtype: str = "float8_e4m3fn"
+    scale_cache: str = "none"
     seed: int = 0
 
     @property
@@ -71,6 +75,11 @@ class Case:
     @property
     def width(self):
         return (self.QH * (2 if self.gate else 1) + (1 if self.k_eq_v else 2) * self.KVH) * self.D
+
+    @property
+    def fp8_entry(self) -> bool:
+        """Whether the case goes through the fp8 entry points."""
+        return self.q_fp8 is not None or self.scale_cache != "none"
 
     @property
     def mrope_section(self):
@@ -202,6 +211,14 @@ def make_inputs(case: Case, device="cpu"):
                         ("v_norm", case.v_norm), ("k_eq_v", case.k_eq_v)):
         if value:  # only options a case uses are passed (keeps the signature's defaults under test too)
             kwargs[name] = list(value) if name == "mrope_section" else value
+    if case.q_fp8 is not None:
+        kwargs["q_dtype"] = TORCH_DTYPES[case.q_dtype]
+        if case.q_fp8 == "static":
+            kwargs["q_scale"] = torch.tensor([0.013], dtype=torch.float32)
+    for letter, name, cache in (("k", "k_scale_cache", key_cache), ("v", "v_scale_cache", value_cache)):
+        if letter in case.scale_cache:
+            kwargs[name] = poison(cache.shape[:-1], torch.float32, gen)
+            kwargs["k_scale" if letter == "k" else "v_scale"] = None
     if case.layers:
         kwargs["layer"] = case.layers - 1
     if device != "cpu":
@@ -218,20 +235,23 @@ def split_kwargs(kwargs: dict):
     from fused_qkv.core import OpConfig
     from fused_qkv.core.config import FIELDS
 
+    if "q_dtype" in kwargs:
+        kwargs = dict(kwargs, q_dtype=str(kwargs["q_dtype"]).removeprefix("torch."))
     config = OpConfig(**{k: v for k, v in kwargs.items() if k in FIELDS})
-    arrays = {k: kwargs.get(k) for k in ("offsets", "k_scale", "v_scale")}
+    arrays = {k: kwargs.get(k) for k in ("offsets", "k_scale", "v_scale", "q_scale", "k_scale_cache",
+                                          "v_scale_cache")}
     return config, arrays, kwargs.get("layer")
 
 
 def plan_for(case: Case, target: str = "cuda"):
     """The launch plan the torch frontend makes for this case on ``target`` (white-box: ``op.plan_call``, for
     ahead-of-time compiles of exactly what the frontend launches)."""
-    from fused_qkv.torch_api.op import _select_layer, plan_call
+    from fused_qkv.torch_api.op import _layer_selected, plan_call
 
     args, kw = make_inputs(case)
     config, optional, layer = split_kwargs(kw)
-    kc, vc = _select_layer(args["key_cache"], args["value_cache"], layer)
-    plan, _ = plan_call(dict(args, key_cache=kc, value_cache=vc, **optional), config, target=target)
+    tensors = _layer_selected(dict(args, **optional), layer)
+    plan, _ = plan_call(tensors, config, target=target)
     return plan
 
 
@@ -253,6 +273,8 @@ def oracle_for(case: Case, args, kwargs):
         attn_output_gate=case.gate is not None, gated_qkv_layout=case.gate or "interleaved",
         k_scale=np64(kwargs["k_scale"]), v_scale=np64(kwargs["v_scale"]), mrope_section=case.mrope_section,
         mrope_interleaved=case.mrope == "interleaved", v_norm=case.v_norm, k_eq_v=case.k_eq_v,
+        q_dtype=case.q_dtype if case.q_fp8 else None, q_scale=np64(kwargs.get("q_scale")),
+        k_scale_cache="k" in case.scale_cache, v_scale_cache="v" in case.scale_cache,
     )
 
 
@@ -296,11 +318,44 @@ def as_bytes(t):
                                                                                             else torch.int32)
 
 
-def check_against_oracle(case: Case, args, kwargs, out, kc_before, vc_before, kc_after, vc_after):
+def assert_scales(actual, exact, what: str):
+    """float32 scales computed in fp32 from fp32 values: within 2**-16 (relative) of the float64 ones."""
+    actual = np.asarray(actual, np.float64)
+    assert actual.shape == exact.shape, f"{what}: shape {actual.shape} != {exact.shape}"
+    err = np.abs(actual - exact) / exact
+    worst = np.unravel_index(err.argmax(), err.shape)
+    assert np.all(err <= 2.0**-16), f"{what}: relative error {err.max():.3g} at {worst}"
+
+
+def check_against_oracle(case: Case, args, kwargs, out, kc_before, vc_before, kc_after, vc_after,
+                         scales_before=None, scales_after=None):
+    """``scales_before`` / ``scales_after``: the scale caches (``k_scale_cache``, ``v_scale_cache``) of an fp8 case
+    before and after the call."""
     ref = oracle_for(case, args, kwargs)
     in_dtype = case.dtype
-    assert out.q.dtype == TORCH_DTYPES[in_dtype] and tuple(out.q.shape) == (case.T, case.QH, case.D)
-    assert_rounded(np64(out.q), ref.q, in_dtype, "q")
+    assert tuple(out.q.shape) == (case.T, case.QH, case.D)
+    if case.q_fp8:
+        assert out.q.dtype == TORCH_DTYPES[case.q_dtype], out.q.dtype
+        assert_rounded(np64(out.q), ref.exact_q, case.q_dtype, "q (fp8)")
+        if case.q_fp8 == "dynamic":
+            assert out.q_scales.dtype == torch.float32
+            assert_scales(np64(out.q_scales), ref.q_scales, "q_scales")
+        else:
+            assert out.q_scales is None
+    else:
+        assert out.q.dtype == TORCH_DTYPES[in_dtype]
+        assert_rounded(np64(out.q), ref.q, in_dtype, "q")
+        assert getattr(out, "q_scales", None) is None
+    for letter, name, exact in (("k", "k_scale_cache", ref.key_scales), ("v", "v_scale_cache", ref.value_scales)):
+        if letter not in case.scale_cache:
+            continue
+        before, after = scales_before[name], scales_after[name].detach().cpu()
+        idx = [t for t in range(case.T) if ref.slots[t] >= 0]
+        if idx:
+            got = np.stack([np64(cache_entries(after, int(ref.slots[t]), case)) for t in idx])
+            assert_scales(got, exact[idx], f"{name}[written slots]")
+        mask = written_mask(before, ref.slots, case)
+        assert torch.equal(as_bytes(before)[~mask], as_bytes(after)[~mask]), f"{name}: an unaddressed slot changed"
 
     qkv = args["qkv"].detach().cpu()
     if case.gate:
@@ -334,14 +389,24 @@ def check_against_oracle(case: Case, args, kwargs, out, kc_before, vc_before, kc
     return ref
 
 
-def run_torch(case: Case, device="cpu"):
-    """The case through the torch frontend, checked against the oracle; returns (outputs, key_cache, value_cache)."""
-    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache
+SCALE_CACHES = ("k_scale_cache", "v_scale_cache")
+
+
+def run_torch(case: Case, device="cpu", with_scales=False):
+    """The case through the torch frontend (the fp8 entry point for fp8 cases), checked against the oracle; returns
+    (outputs, key_cache, value_cache), and the updated scale caches by name with ``with_scales``."""
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache, fused_qkv_split_qk_norm_rope_cache_fp8
 
     args, kwargs = make_inputs(case, device)
     kc_before, vc_before = args["key_cache"].detach().cpu().clone(), args["value_cache"].detach().cpu().clone()
-    out = fused_qkv_split_qk_norm_rope_cache(**args, **kwargs)
-    check_against_oracle(case, args, kwargs, out, kc_before, vc_before, args["key_cache"], args["value_cache"])
+    scales_before = {n: kwargs[n].detach().cpu().clone() for n in SCALE_CACHES if kwargs.get(n) is not None}
+    op = fused_qkv_split_qk_norm_rope_cache_fp8 if case.fp8_entry else fused_qkv_split_qk_norm_rope_cache
+    out = op(**args, **kwargs)
+    scales_after = {n: kwargs[n] for n in scales_before}
+    check_against_oracle(case, args, kwargs, out, kc_before, vc_before, args["key_cache"], args["value_cache"],
+                         scales_before, scales_after)
+    if with_scales:
+        return out, args["key_cache"], args["value_cache"], scales_after
     return out, args["key_cache"], args["value_cache"]
 
 
@@ -374,19 +439,22 @@ def from_numpy(a):
     return torch.from_numpy(a.copy())
 
 
-def run_jax(case: Case, check=True, jit=False):
-    """The case through the JAX frontend, checked against the oracle; returns (outputs as torch tensors,
-    key_cache, value_cache)."""
+def run_jax(case: Case, check=True, jit=False, with_scales=False):
+    """The case through the JAX frontend (the fp8 entry point for fp8 cases), checked against the oracle; returns
+    (outputs as torch tensors, key_cache, value_cache), and the updated scale caches by name with ``with_scales``."""
     import jax
     import jax.numpy as jnp
-    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache
-    from fused_qkv.torch_api import FusedQKVOutput
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache, fused_qkv_split_qk_norm_rope_cache_fp8
+    from fused_qkv.torch_api import FusedQKVFp8Output
 
     args, kwargs = make_inputs(case, "cpu")
     kc_before, vc_before = args["key_cache"].clone(), args["value_cache"].clone()
+    scales_before = {n: kwargs[n].clone() for n in SCALE_CACHES if kwargs.get(n) is not None}
     jargs = {k: None if v is None else jnp.asarray(to_numpy(v)) for k, v in args.items()}
     jkw = {k: jnp.asarray(to_numpy(v)) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    fn = fused_qkv_split_qk_norm_rope_cache
+    if "q_dtype" in jkw:
+        jkw["q_dtype"] = jnp.dtype(case.q_dtype)
+    fn = fused_qkv_split_qk_norm_rope_cache_fp8 if case.fp8_entry else fused_qkv_split_qk_norm_rope_cache
     if jit:
         static = {k: v for k, v in jkw.items() if not isinstance(v, jax.Array)}
         arrays = {k: v for k, v in jkw.items() if isinstance(v, jax.Array)}
@@ -394,8 +462,11 @@ def run_jax(case: Case, check=True, jit=False):
     else:
         out = fn(**jargs, **jkw)
     conv = lambda x: None if x is None else from_numpy(x)  # noqa: E731
-    tout = FusedQKVOutput(conv(out.q), conv(out.gate), conv(out.k), conv(out.v))
+    tout = FusedQKVFp8Output(conv(out.q), conv(out.gate), conv(out.k), conv(out.v),
+                             conv(getattr(out, "q_scales", None)))
     kc_after, vc_after = from_numpy(out.key_cache), from_numpy(out.value_cache)
+    scales_after = {n: from_numpy(getattr(out, n)) for n in scales_before}
     if check:
-        check_against_oracle(case, args, kwargs, tout, kc_before, vc_before, kc_after, vc_after)
-    return tout, kc_after, vc_after
+        check_against_oracle(case, args, kwargs, tout, kc_before, vc_before, kc_after, vc_after, scales_before,
+                             scales_after)
+    return (tout, kc_after, vc_after, scales_after) if with_scales else (tout, kc_after, vc_after)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from fused_qkv.core import tensor_parallel_columns
 from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as op
+from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache_fp8 as op8
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -73,7 +74,58 @@ def check(gate, layout, option=None):
           f"devices")
 
 
+def check_fp8(layout):
+    """The fp8 entry point sharded over heads: dynamic fp8 q with its per-token-head scales, fp8 caches and their
+    per-token-head scale caches split along the KV-head axis; bit-identical to the unsharded call."""
+    n = len(jax.devices())
+    mesh = jax.make_mesh((n,), ("tp",))
+    QH, KVH, D, T, NB, BS = 8, 4, 32, 6, 4, 4
+    rng = np.random.default_rng(2)
+    qkv = jnp.asarray(rng.standard_normal((T, (QH + 2 * KVH) * D)) + 0.2, jnp.bfloat16)
+    w = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.bfloat16)
+    ang = np.arange(16)[:, None] * (1 / 10000 ** (np.arange(0, D, 2) / D))
+    cos, sin = jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32)
+    pos = jnp.asarray(rng.integers(0, 16, T), jnp.int32)
+    slots = jnp.asarray(rng.permutation(NB * BS)[:T], jnp.int32)
+    cache_shape = (NB, BS, KVH, D) if layout == "NHD" else (NB, KVH, BS, D)
+    kc = jnp.asarray(rng.standard_normal(cache_shape), jnp.float8_e4m3fn)
+    vc = jnp.asarray(rng.standard_normal(cache_shape), jnp.float8_e4m3fn)
+    ksc = jnp.asarray(rng.uniform(1, 2, cache_shape[:-1]), jnp.float32)
+    vsc = jnp.asarray(rng.uniform(1, 2, cache_shape[:-1]), jnp.float32)
+    head_axis = 2 if layout == "NHD" else 1
+    kw = dict(head_dim=D, kv_cache_layout=layout, q_dtype=jnp.float8_e4m3fn)
+    full = op8(qkv, w, w, cos, sin, pos, kc, vc, slots, num_q_heads=QH, num_kv_heads=KVH, k_scale_cache=ksc,
+               v_scale_cache=vsc, **kw)
+    perm = tensor_parallel_columns(n, num_q_heads=QH, num_kv_heads=KVH, head_dim=D)
+    qkv_tp = qkv[:, jnp.asarray(perm)]
+    cache_spec = P(*[("tp" if i == head_axis else None) for i in range(4)])
+    scale_spec = P(*[("tp" if i == head_axis else None) for i in range(3)])
+
+    def local(qkv_l, kc_l, vc_l, ksc_l, vsc_l):
+        out = op8(qkv_l, w, w, cos, sin, pos, kc_l, vc_l, slots, num_q_heads=QH // n, num_kv_heads=KVH // n,
+                  k_scale_cache=ksc_l, v_scale_cache=vsc_l, **kw)
+        return out.q, out.q_scales, out.key_cache, out.value_cache, out.k_scale_cache, out.v_scale_cache
+
+    sharded = jax.jit(jax.shard_map(local, mesh=mesh,
+                                    in_specs=(P(None, "tp"), cache_spec, cache_spec, scale_spec, scale_spec),
+                                    out_specs=(P(None, "tp", None), P(None, "tp"), cache_spec, cache_spec,
+                                               scale_spec, scale_spec)), donate_argnums=(1, 2, 3, 4))
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+    got = sharded(put(qkv_tp, P(None, "tp")), put(kc, cache_spec), put(vc, cache_spec), put(ksc, scale_spec),
+                  put(vsc, scale_spec))
+    want = (full.q, full.q_scales, full.key_cache, full.value_cache, full.k_scale_cache, full.v_scale_cache)
+    for name, a, b in zip(("q", "q_scales", "key_cache", "value_cache", "k_scale_cache", "v_scale_cache"), got,
+                          want, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        raw = np.uint8 if a.dtype.itemsize == 1 else np.uint32
+        assert np.array_equal(a.view(raw), b.view(raw)), f"{name}: sharded != unsharded"
+    print(f"shard_map fp8 layout={layout}: q, q_scales, caches and scale caches bit-identical on {n} devices")
+
+
 if __name__ == "__main__":
+    for layout in ("NHD", "HND"):
+        check_fp8(layout)
     for gate, layout, option in ((None, "NHD", None), ("interleaved", "HND", None), ("blocked", "NHD", None),
                                  (None, "NHD", "mrope"), ("interleaved", "HND", "k_eq_v")):
         check(gate, layout, option)

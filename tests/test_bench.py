@@ -15,6 +15,9 @@ def test_min_bytes_counts_each_input_and_output_once():
     assert min_bytes(s1, T) == qkv + tables + idx + q + kv_out + cache
     assert min_bytes(SHAPES["S4"], T) == min_bytes(s1, T) - kv_out  # return_kv=False: no k/v outputs
     assert min_bytes(SHAPES["S3"], T) == min_bytes(s1, T) - cache // 2  # fp8 cache: one byte per element
+    assert min_bytes(SHAPES["S7"], T) == min_bytes(SHAPES["S3"], T) - q // 2  # fp8 q
+    scales = T * 32 * 4 + 2 * T * 8 * 4  # q_scales [T, QH], k/v scale caches [T, KVH] each
+    assert min_bytes(SHAPES["S8"], T) == min_bytes(SHAPES["S7"], T) + scales
 
 
 def test_table_has_a_value_under_every_heading(capsys, tmp_path):

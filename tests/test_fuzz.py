@@ -1,11 +1,12 @@
 """Hypothesis fuzz over configurations: every draw is checked against the oracle, untouched slots included.
 
 Every option is drawn independently, so any combination of them (mRoPE, NoPE, V-norm and K=V with the gate,
-GPT-J, partial rotary, HND, fp8 caches, per-head scales, ``layer=``, short ``slot_mapping``) is reachable."""
+GPT-J, partial rotary, HND, fp8 caches, per-head scales, ``layer=``, short ``slot_mapping``; fp8 q and
+per-token-head scale caches, through the fp8 entry point) is reachable."""
 
 import dataclasses
 
-from conftest import DEVICE, FP8_ON_DEVICE
+from conftest import DEVICE, FP8_ON_DEVICE, Q_FP8_ON_DEVICE
 from helpers import Case, run_torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,15 +51,21 @@ def cases(draw):
         nope=rope == "nope", mrope=None if section is None else rope, section=section,
         mrope_rows=draw(st.sampled_from(["random", "equal", "view"])), v_norm=draw(st.booleans()),
         k_eq_v=draw(st.booleans()), layers=draw(st.sampled_from([None, None, 2])),
+        q_fp8=draw(st.sampled_from([None, None, "static", "dynamic"])),
+        q_dtype=draw(st.sampled_from(Q_FP8_ON_DEVICE)),
+        scale_cache=draw(st.sampled_from(["none", "none", "k", "v", "kv"])),
     )
 
 
 def valid(case: Case) -> Case:
-    """A drawn case made valid: vLLM's table views are never float32; a layer without RoPE takes no offsets."""
+    """A drawn case made valid: vLLM's table views are never float32; a layer without RoPE takes no offsets; scale
+    caches need an fp8 cache (and replace that cache's static scale)."""
     if case.table == "vllm_view" and case.table_dtype == "float32":
         case = dataclasses.replace(case, table_dtype="float16")
     if case.nope:
         case = dataclasses.replace(case, with_offsets=False)
+    if case.scale_cache != "none" and case.cache_dtype is None:
+        case = dataclasses.replace(case, scale_cache="none")
     return case
 
 

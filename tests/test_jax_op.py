@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import DEVICE
 from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
+from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache_fp8 as jop8
 from helpers import Case, as_bytes, make_inputs, oracle_for, run_jax, run_torch, to_numpy
 from test_torch_op import DEVICE_CASES
 
@@ -27,22 +28,28 @@ jax.config.update("jax_enable_x64", True)
 @pytest.mark.parametrize("case", DEVICE_CASES, ids=lambda c: c.id())
 def test_jax_matches_oracle_and_torch_bit_for_bit(case):
     """Same inputs through both frontends: each matches the oracle, and they match each other bit for bit."""
-    jout, jkc, jvc = run_jax(case)
-    tout, tkc, tvc = run_torch(case, DEVICE)
-    for name in ("q", "gate", "k", "v"):
-        a, b = getattr(jout, name), getattr(tout, name)
+    jout, jkc, jvc, jscales = run_jax(case, with_scales=True)
+    tout, tkc, tvc, tscales = run_torch(case, DEVICE, with_scales=True)
+    for name in ("q", "gate", "k", "v", "q_scales"):
+        a, b = getattr(jout, name), getattr(tout, name, None)
         assert (a is None) == (b is None), name
         if a is not None:
             assert torch.equal(as_bytes(a), as_bytes(b)), f"{name}: torch and JAX differ"
     assert torch.equal(as_bytes(jkc), as_bytes(tkc)), "key_cache: torch and JAX differ"
     assert torch.equal(as_bytes(jvc), as_bytes(tvc)), "value_cache: torch and JAX differ"
+    assert set(jscales) == set(tscales)
+    for name in jscales:
+        assert torch.equal(as_bytes(jscales[name]), as_bytes(tscales[name])), f"{name}: torch and JAX differ"
 
 
 @pytest.mark.parametrize("case", [Case(gate="interleaved", cache_dtype="float8_e4m3fn", scale="head"),
                                   Case(layers=3, layout="HND"), Case(slots="short", with_offsets=True),
                                   Case(mrope="interleaved", with_offsets=True, index_dtype="int32"),
                                   Case(mrope="contiguous", mrope_rows="view", gate="blocked"),
-                                  Case(nope=True, k_eq_v=True, v_norm=True, cache_dtype="float8_e4m3fn", scale="head")],
+                                  Case(nope=True, k_eq_v=True, v_norm=True, cache_dtype="float8_e4m3fn", scale="head"),
+                                  Case(q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv", layers=2,
+                                       index_dtype="int32"),
+                                  Case(q_fp8="static", cache_dtype="float8_e4m3fn", scale_cache="v", gate="blocked")],
                          ids=lambda c: c.id())
 def test_under_jit(case):
     run_jax(case, jit=True)
@@ -101,6 +108,51 @@ def test_scan_over_layers_with_donated_stacked_cache(options):
     untouched = ~written
     assert np.array_equal(np.asarray(kc).view(np.int16)[untouched], kc0.view(np.int16)[untouched])
     assert np.array_equal(np.asarray(vc).view(np.int16)[untouched], vc0.view(np.int16)[untouched])
+
+
+def test_fp8_scan_over_layers_with_donated_scale_caches():
+    """The fp8 entry point inside lax.scan over layers: stacked fp8 caches and stacked per-token-head scale caches,
+    donated, a traced layer index; every layer's q, q_scales, cache slots and scale slots match the oracle, and no
+    other element of any of the four changes."""
+    from helpers import assert_rounded, assert_scales, cache_entries, from_numpy, written_mask
+
+    case, args, kwargs, qkvs, arr, static = _model_inputs(cache_dtype="float8_e4m3fn", scale_cache="kv",
+                                                          q_fp8="dynamic", index_dtype="int32")
+    L = qkvs.shape[0]
+    static = dict(static, q_dtype=jnp.float8_e4m3fn)
+    names = ("key_cache", "value_cache", "k_scale_cache", "v_scale_cache")
+    before = {n: (args[n] if n in args else kwargs[n]).clone() for n in names}
+    state = tuple(jnp.asarray(to_numpy(before[n])) for n in names)
+
+    def step(state, qkvs):
+        def body(carry, xs):
+            layer, qkv = xs
+            kc, vc, ksc, vsc = carry
+            out = jop8(qkv, arr["q_weight"], arr["k_weight"], arr["cos"], arr["sin"], arr["positions"], kc, vc,
+                       arr["slot_mapping"], k_scale_cache=ksc, v_scale_cache=vsc, layer=layer, **static)
+            return (out.key_cache, out.value_cache, out.k_scale_cache, out.v_scale_cache), (out.q, out.q_scales)
+        return jax.lax.scan(body, state, (jnp.arange(L, dtype=jnp.int32), qkvs))
+
+    after, (qs, q_scales) = jax.jit(step, donate_argnums=(0,))(state, qkvs)
+    after = dict(zip(names, (from_numpy(x) for x in after), strict=True))
+    written = {n: torch.zeros(before[n].shape, dtype=torch.bool) for n in names}
+    for layer in range(L):
+        ref = oracle_for(case, dict(args, qkv=from_numpy(np.asarray(qkvs[layer]))), kwargs)
+        assert_rounded(np.asarray(qs[layer].astype(jnp.float32), np.float64), ref.exact_q, "float8_e4m3fn",
+                       f"q layer {layer}")
+        assert_scales(np.asarray(q_scales[layer], np.float64), ref.q_scales, f"q_scales layer {layer}")
+        c = dataclasses.replace(case, layers=layer + 1)  # cache_entries indexes layer c.layers - 1
+        idx = [t for t in range(case.T) if ref.slots[t] >= 0]
+        for n, exact in (("key_cache", ref.exact_key_cache), ("value_cache", ref.exact_value_cache)):
+            got = np.stack([cache_entries(after[n], int(ref.slots[t]), c).double().numpy() for t in idx])
+            assert_rounded(got, exact[idx], "float8_e4m3fn", f"{n} layer {layer}")
+        for n, exact in (("k_scale_cache", ref.key_scales), ("v_scale_cache", ref.value_scales)):
+            got = np.stack([cache_entries(after[n], int(ref.slots[t]), c).double().numpy() for t in idx])
+            assert_scales(got, exact[idx], f"{n} layer {layer}")
+        for n in names:
+            written[n] |= written_mask(before[n], ref.slots, c)
+    for n in names:
+        assert torch.equal(as_bytes(before[n])[~written[n]], as_bytes(after[n])[~written[n]]), n
 
 
 def test_no_retrace_for_same_shapes():

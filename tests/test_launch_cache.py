@@ -82,7 +82,9 @@ def test_fast_path_passes_the_arguments_the_checked_path_passes(monkeypatch):
         grid = -(-case.T // 2) * (2 * case.QH + 2 * case.KVH)  # 2-token tiles at T <= 16; Q, K, V, gate heads
         assert launched[:9] == (grid, 1, 1, 123, 7, (4, 1, 0), None, None, None)
         expect = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in checked[0]]
-        n_in = 13 + 6  # inputs and scalars; then q, gate, k, v, key_cache, value_cache
+        from fused_qkv.core import INPUT_NAMES, SCALAR_NAMES
+
+        n_in = len(INPUT_NAMES) + len(SCALAR_NAMES)  # then q, gate, k, v, the caches, q_scales, the scale caches
         assert list(launched[9:9 + n_in]) == expect[:n_in]
         assert list(launched[9 + n_in:]) == [out.q.data_ptr(), out.gate.data_ptr(), out.k.data_ptr(),
                                              out.v.data_ptr()] + expect[n_in + 4:] + ["constexprs"]

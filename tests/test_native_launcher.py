@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from fused_qkv.core import ARRAY_NAMES, get_kernel
+from fused_qkv.core import FAST_PATH_ARRAYS, get_kernel
 from fused_qkv.torch_api import fast_path, native
 from fused_qkv.torch_api import op as op_module
 from helpers import Case, make_inputs
@@ -82,10 +82,13 @@ def _fake_cuda(monkeypatch):
 def _expected_params(checked_args, out):
     """What Triton's launcher passes the kernel for these arguments: every argument its signature does not make
     constexpr (tensors as data pointers, fp32 as bits), in order, then the two scratch pointers (null)."""
+    from fused_qkv.core import INPUT_NAMES, SCALAR_NAMES
+
     outs = iter([out.q, out.gate, out.k, out.v])
+    first_out = len(INPUT_NAMES) + len(SCALAR_NAMES)
     values = []
     for i, a in enumerate(checked_args):
-        if 19 <= i < 23:  # q, gate, k, v: this call's new outputs
+        if first_out <= i < first_out + 4:  # q, gate, k, v: this call's new outputs
             a = next(outs)
         ty = _triton_type(a)
         if ty == "constexpr":
@@ -212,7 +215,7 @@ def test_qkv_that_requires_grad_is_not_taken_natively(faked):
     op(**args, **kwargs)
     module = native.loaded()
     cfg = next(iter(fast_path._FAST))[1]  # the configuration values, as the public function passes them
-    tensors = [args.get(n) for n in ARRAY_NAMES]  # this case has no offsets or scales: None
+    tensors = [args.get(n) for n in FAST_PATH_ARRAYS]  # this case has no offsets or scales: None
     assert module.call(cfg, *tensors) is not None
     tensors[0] = args["qkv"].clone().requires_grad_(True)
     assert module.call(cfg, *tensors) is None
@@ -288,9 +291,12 @@ def test_the_tools_record_the_python_fast_path_launch(faked, monkeypatch):
     assert len(faked.checked) == 1 and not faked.compiled.python_launches  # the second call: Python fast path
     assert launched[3:5] == (123, faked.compiled.function)
     expect = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in faked.checked[0]]
-    assert list(launched[9:9 + 19]) == expect[:19]  # inputs and scalars
-    assert list(launched[9 + 19:9 + 23]) == [out.q.data_ptr(), out.gate.data_ptr(), out.k.data_ptr(),
-                                             out.v.data_ptr()]
+    from fused_qkv.core import INPUT_NAMES, SCALAR_NAMES
+
+    n = len(INPUT_NAMES) + len(SCALAR_NAMES)
+    assert list(launched[9:9 + n]) == expect[:n]  # inputs and scalars
+    assert list(launched[9 + n:9 + n + 4]) == [out.q.data_ptr(), out.gate.data_ptr(), out.k.data_ptr(),
+                                               out.v.data_ptr()]
 
 
 def test_build_announces_its_start_and_duration_on_stderr(tmp_path, monkeypatch, capfd):
@@ -398,8 +404,9 @@ def test_the_fast_paths_reuse_exactly_the_python_overlap_verdict(faked, layout, 
         legal = True
     except ValueError:
         legal = False
-    values = tuple(getattr(OpConfig(4, 2, 64), f) for f in FIELDS)  # as the public function passes Case()'s
-    tensors = [call_args.get(n) for n in ARRAY_NAMES]
+    # as the public function passes Case()'s: every field but the fp8 entry point's q_dtype
+    values = tuple(getattr(OpConfig(4, 2, 64), f) for f in FIELDS[:FIELDS.index("q_dtype")])
+    tensors = [call_args.get(n) for n in FAST_PATH_ARRAYS]
     key = fast_path.signature_key(values, tuple(tensors))
     entry = fast_path._FAST.get(key)  # None for the packed layout's first draw
     for taken in (native.loaded().call(values, *tensors), entry and entry(*tensors)):

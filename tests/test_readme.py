@@ -89,3 +89,38 @@ def test_vl_and_gemma4_example_runs_and_matches_the_oracle():
                       f64(s["positions"][0]).astype(np.int64), np.arange(6), num_q_heads=4, num_kv_heads=2,
                       head_dim=128, **common)
     assert not np.allclose(plain.q[2:], vl.q[2:]) and np.allclose(plain.q[:2], vl.q[:2])
+
+
+def test_fp8_example_runs_and_matches_the_oracle():
+    """The fp8 section's snippet: fp8 q with dynamic per-token-head scales and per-token-head K/V scale caches,
+    against the float64 oracle on the same inputs."""
+    import numpy as np
+    from fused_qkv.core import reference
+    from helpers import assert_rounded, assert_scales, np64
+
+    code = _python_block("## FP8 attention")
+    scope = {}
+    exec(compile(code, "README.md (fp8 example)", "exec"), scope)
+    T, QH, KVH, D = (scope[n] for n in ("T", "QH", "KVH", "D"))
+    ang = scope["ang8"]
+    ref = reference(np64(scope["qkv8"]), np64(scope["w8"]), np64(scope["w8"]), np64(ang.cos()), np64(ang.sin()),
+                    np.arange(T), np.arange(T), num_q_heads=QH, num_kv_heads=KVH, head_dim=D, num_cache_slots=64,
+                    key_cache_dtype="float8_e4m3fn", value_cache_dtype="float8_e4m3fn", q_dtype="float8_e4m3fn",
+                    k_scale_cache=True, v_scale_cache=True)
+    assert_rounded(np64(scope["q8"]), ref.exact_q, "float8_e4m3fn", "q")
+    assert_scales(np64(scope["q8_scales"]), ref.q_scales, "q_scales")
+    assert_scales(np64(scope["k_scales"][0, :T]), ref.key_scales, "k_scale_cache")
+    assert_rounded(np64(scope["fp8_value_cache"][0, :T]), ref.exact_value_cache, "float8_e4m3fn", "value_cache")
+    k0 = np64(scope["k_token0"])
+    assert np.allclose(k0, ref.k[0], rtol=2.0**-3, atol=1e-6)  # dequantised within e4m3's precision
+
+
+def test_readme_names_the_fp8_signature():
+    import inspect
+
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache, fused_qkv_split_qk_norm_rope_cache_fp8
+
+    readme = (ROOT / "README.md").read_text()
+    main = set(inspect.signature(fused_qkv_split_qk_norm_rope_cache).parameters)
+    for name in set(inspect.signature(fused_qkv_split_qk_norm_rope_cache_fp8).parameters) - main:
+        assert f"`{name}`" in readme, name

@@ -118,3 +118,69 @@ def test_torch_compile_of_a_configuration_never_seen_eagerly():
     compiled = torch.compile(lambda a, k: tuple(op(**a, **k)), fullgraph=True, dynamic=False)
     got = compiled(args, kwargs)
     check_against_oracle(case, args, kwargs, FusedQKVOutput(*got), kc0, vc0, args["key_cache"], args["value_cache"])
+
+
+FP8_OP = torch.ops.fused_qkv.split_qk_norm_rope_cache_fp8.default
+
+
+def _positional_fp8(args, kwargs):
+    q_dtype = kwargs.get("q_dtype")
+    return _positional(args, kwargs) + (None if q_dtype is None else str(q_dtype).removeprefix("torch."),
+                                        kwargs.get("q_scale"), kwargs.get("k_scale_cache"),
+                                        kwargs.get("v_scale_cache"))
+
+
+@pytest.mark.parametrize("case", [Case(q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv"),
+                                  Case(q_fp8="static", layers=2, layout="HND", gate="blocked"),
+                                  Case(cache_dtype="float8_e4m3fn", scale_cache="v", scale="tensor", nope=True)],
+                         ids=lambda c: c.id())
+def test_fp8_op_fake_and_registration(case):
+    """The fp8 op's fake implementation and autograd registration on fp8 data (opcheck's schema test compares
+    values with torch ops that have no fp8 CPU kernels: the values are checked against the oracle elsewhere)."""
+    args, kwargs = make_inputs(case, DEVICE)
+    torch.library.opcheck(FP8_OP, _positional_fp8(args, kwargs),
+                          test_utils=("test_faketensor", "test_autograd_registration"))
+
+
+def test_fp8_op_schema():
+    """The scale caches are declared mutated (with the caches); without fp8 data opcheck's schema test runs."""
+    schema = str(FP8_OP._schema)
+    for name in ("key_cache", "value_cache"):
+        assert "Tensor(a" in schema and f"!) {name}" in schema, schema
+    for name in ("k_scale_cache", "v_scale_cache"):
+        assert f"!)? {name}" in schema, schema
+    args, kwargs = make_inputs(Case(gate="interleaved", scale="head"), DEVICE)
+    torch.library.opcheck(FP8_OP, _positional_fp8(args, kwargs))
+
+
+@pytest.mark.parametrize("case", [Case(T=5, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv",
+                                       gate="interleaved"),
+                                  Case(T=5, q_fp8="static", cache_dtype="float8_e4m3fn", scale_cache="k",
+                                       mrope="interleaved", layers=2)],
+                         ids=lambda c: c.id())
+def test_fp8_torch_compile_fullgraph_matches_eager(case):
+    """The fp8 entry point under torch.compile(fullgraph=True): one op, the same bits as eager in every output,
+    cache and scale cache, and the oracle's values."""
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as op8
+    from helpers import as_bytes
+
+    def block(args, kwargs):
+        out = op8(**args, **kwargs)
+        return out.q, out.gate, out.k, out.v, out.q_scales
+
+    compiled = torch.compile(block, fullgraph=True, dynamic=False)
+    a1, k1 = make_inputs(case, DEVICE)
+    a2, k2 = make_inputs(case, DEVICE)
+    kc0, vc0 = a2["key_cache"].cpu().clone(), a2["value_cache"].cpu().clone()
+    scales0 = {n: k2[n].cpu().clone() for n in ("k_scale_cache", "v_scale_cache") if k2.get(n) is not None}
+    eager, got = block(a1, k1), compiled(a2, k2)
+    for e, g in zip(eager, got, strict=True):
+        assert (e is None) == (g is None) and (e is None or torch.equal(as_bytes(e), as_bytes(g)))
+    for name in ("key_cache", "value_cache"):
+        assert torch.equal(as_bytes(a1[name]), as_bytes(a2[name])), name
+    for name in scales0:
+        assert torch.equal(as_bytes(k1[name]), as_bytes(k2[name])), name
+    from fused_qkv.torch_api import FusedQKVFp8Output
+
+    check_against_oracle(case, a2, k2, FusedQKVFp8Output(*got), kc0, vc0, a2["key_cache"], a2["value_cache"],
+                         scales0, {n: k2[n] for n in scales0})

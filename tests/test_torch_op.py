@@ -91,11 +91,36 @@ CASES = [
     C(k_eq_v=True, gate="interleaved", is_neox=False, scale="head"),
     C(k_eq_v=True, row_pad=8, slots="short", cache_view=True),
     C(k_eq_v=True, v_norm=True, nope=True, layers=2, layout="HND"),
+    # fp8 attention (the fp8 entry point): fp8 q with a static or dynamic per-token-head scale, per-token-head
+    # K/V scale caches
+    C(q_fp8="static"),
+    C(q_fp8="dynamic"),
+    C(q_fp8="dynamic", qkv_scale=40.0, q_norm=False, k_norm=False),  # large values: scales well above 1
+    C(q_fp8="static", qkv_scale=60.0, q_norm=False),  # saturation: |q / q_scale| > 448
+    C(q_fp8="dynamic", gate="interleaved", offset=1.0, rotary_dim=16, T=9),  # gate stays in the input dtype
+    C(q_fp8="dynamic", is_neox=False, table="full", rotary_dim=48, dtype="float16"),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv"),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", layout="HND", slots="negative"),
+    C(cache_dtype="float8_e4m3fn", scale_cache="k", scale="head", return_kv=False),  # V keeps its static scale
+    C(cache_dtype="float8_e5m2", scale_cache="v", slots="out_of_range", index_dtype="int32"),
+    C(cache_dtype="float8_e4m3fnuz", scale_cache="kv", q_fp8="dynamic", q_dtype="float8_e4m3fnuz",
+      dtype="float16", slots="short"),
+    C(cache_dtype="float8_e4m3fnuz", q_fp8="static", q_dtype="float8_e4m3fnuz", scale="tensor"),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", layers=3, with_offsets=True, q_fp8="static"),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", layout="HND", cache_view=True),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", mrope="interleaved", v_norm=True),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", k_eq_v=True, v_norm=True, nope=True,
+      D=256, QH=2, KVH=1, T=5),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", mrope="contiguous", QH=6, KVH=2, D=32,
+      T=520, block_size=16, num_blocks=33, slots="short"),  # 2 heads per Q/K program
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", T=1, D=128, QH=8, KVH=2),  # decode
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
 ]
 
 
 # cases whose cache dtype this device's target cannot store (fnuz on CUDA) are tested to raise in tests/gpu/
-DEVICE_CASES = [c for c in CASES if c.cache_dtype is None or c.cache_dtype in FP8_ON_DEVICE]
+DEVICE_CASES = [c for c in CASES if (c.cache_dtype is None or c.cache_dtype in FP8_ON_DEVICE)
+                and (c.q_fp8 is None or c.q_dtype in FP8_ON_DEVICE)]
 
 
 @pytest.mark.parametrize("case", DEVICE_CASES, ids=lambda c: c.id())
@@ -122,6 +147,8 @@ def test_cases_cover_every_flag():
     assert any(c.QH == c.KVH for c in CASES) and any(c.KVH == 1 for c in CASES)
     assert seen["mrope"] == {None, "contiguous", "interleaved"} and seen["mrope_rows"] == {"random", "view"}
     assert seen["nope"] == seen["v_norm"] == seen["k_eq_v"] == {True, False}
+    assert seen["q_fp8"] == {None, "static", "dynamic"} and seen["scale_cache"] == {"none", "k", "v", "kv"}
+    assert seen["q_dtype"] == {"float8_e4m3fn", "float8_e4m3fnuz"}
 
 
 def test_mrope_with_equal_rows_is_plain_rope_bit_for_bit():

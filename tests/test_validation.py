@@ -209,3 +209,115 @@ def test_bad_input_raises_in_jax(request, mutate, exc, text, x64_on):
     want = JAX_TEXT.get(case_id, text)
     if want is not None:
         assert want in str(info.value)
+
+
+# The fp8 entry point's own arguments, on a case that uses all of them (dynamic fp8 q, both scale caches)
+FP8_CASE = Case(with_offsets=True, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv")
+
+
+def _scale_view_of_key_cache(a, k):
+    """float32 [blocks, block_size, KVH] view of the key cache's own bytes."""
+    return a["key_cache"].view(torch.float32)[..., 0]
+
+
+FP8_BAD = [
+    ("scale_cache_shape", _set("k_scale_cache", lambda a, k: k["k_scale_cache"][..., :1]), ValueError,
+     "k_scale_cache must have the shape of key_cache without its last (head_dim) axis, (6, 4, 2)"),
+    ("scale_cache_hnd_shape", _set("v_scale_cache", lambda a, k: k["v_scale_cache"].transpose(1, 2)), ValueError,
+     "v_scale_cache must have the shape of value_cache without its last"),
+    ("scale_cache_rank", _set("k_scale_cache", lambda a, k: k["k_scale_cache"][..., None]), ValueError,
+     "k_scale_cache must have the shape of key_cache"),
+    ("scale_cache_dtype", _dt("v_scale_cache", torch.float16), TypeError, "v_scale_cache must have dtype"),
+    ("scale_cache_not_tensor", _set("k_scale_cache", lambda a, k: k["k_scale_cache"].tolist()), TypeError,
+     "k_scale_cache must be a torch.Tensor"),
+    ("scale_cache_and_static", _set("k_scale", _ones(1)), ValueError,
+     "k_scale_cache and k_scale are both given"),
+    ("scale_cache_bf16_cache", _all(_dt("key_cache", torch.bfloat16), _dt("value_cache", torch.bfloat16)), TypeError,
+     "k_scale_cache needs an fp8 key_cache, got key_cache dtype bfloat16"),
+    ("scale_cache_overlaps_cache", _set("k_scale_cache", _scale_view_of_key_cache), ValueError,
+     "k_scale_cache must not overlap key_cache"),
+    ("q_dtype_e5m2", _set("q_dtype", torch.float8_e5m2), TypeError,
+     "q_dtype float8_e5m2 is not supported on target"),
+    ("q_dtype_not_fp8", _set("q_dtype", torch.bfloat16), TypeError, "q_dtype must be None or an fp8 dtype"),
+    ("q_dtype_type", _set("q_dtype", "float8_e4m3fn"), TypeError, "q_dtype must be None or a torch.dtype"),
+    ("q_scale_size", _set("q_scale", _ones(2)), ValueError, "q_scale must hold 1 element"),
+    ("q_scale_dtype", _set("q_scale", _ones(1, dtype=torch.float16)), TypeError, "q_scale must have dtype"),
+    ("q_scale_without_q_dtype", _all(_set("q_dtype", None), _set("q_scale", _ones(1))), ValueError,
+     "q_scale is given but q_dtype is None"),
+]
+
+
+def _fp8_state(args, kwargs):
+    return [t.clone() for t in (args["key_cache"], args["value_cache"], kwargs["k_scale_cache"],
+                                kwargs["v_scale_cache"]) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("mutate,exc,text", [b[1:] for b in FP8_BAD], ids=[b[0] for b in FP8_BAD])
+def test_fp8_bad_input_raises_and_writes_nothing(mutate, exc, text):
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as op8
+    from helpers import as_bytes
+
+    args, kwargs = make_inputs(FP8_CASE, DEVICE)
+    mutate(args, kwargs)
+    before = _fp8_state(args, kwargs)
+    with pytest.raises(exc) as info:
+        op8(**args, **kwargs)
+    assert text in str(info.value)
+    for a, b in zip(before, _fp8_state(args, kwargs), strict=True):
+        assert torch.equal(as_bytes(a), as_bytes(b))
+
+
+def test_fp8_q_dtype_and_q_scale_device_per_target():
+    """fp8 q is e4m3 in each target's variant (e4m3fnuz on gfx942 only); q_scale must be on qkv's device."""
+    from fused_qkv.core import ArrayInfo, OpConfig, plan_launch
+
+    args, kwargs = make_inputs(Case(), "cpu")
+
+    def info(t, device="cpu"):
+        return ArrayInfo(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), device)
+
+    arrays = {n: info(args[n]) for n in ("qkv", "cos", "sin", "positions", "slot_mapping", "key_cache",
+                                         "value_cache")}
+
+    def plan(q_dtype, target, **extra):
+        return plan_launch(dict(arrays, **extra), OpConfig(num_q_heads=4, num_kv_heads=2, head_dim=64,
+                                                           q_dtype=q_dtype), target=target)
+
+    for target, ok, bad in [("cuda", ["float8_e4m3fn"], ["float8_e4m3fnuz", "float8_e5m2"]),
+                            ("hip:gfx942", ["float8_e4m3fnuz"], ["float8_e4m3fn", "float8_e5m2"]),
+                            ("hip:gfx950", ["float8_e4m3fn"], ["float8_e4m3fnuz", "float8_e5m2"]),
+                            ("interpreter", ["float8_e4m3fn", "float8_e4m3fnuz"], ["float8_e5m2"])]:
+        for dt in ok:
+            p = plan(dt, target)
+            assert p.constexprs["Q_SCALE_MODE"] == 2 and p.out_shapes["q"] == ((7, 4, 64), dt)
+            assert p.out_shapes["q_scales"] == ((7, 4), "float32")
+        for dt in bad:
+            with pytest.raises(TypeError, match=f"q_dtype {dt} is not supported on target {target}"):
+                plan(dt, target)
+    scale = torch.ones(1)
+    assert plan("float8_e4m3fn", "cuda", q_scale=info(scale)).out_shapes["q_scales"] is None
+    with pytest.raises(ValueError, match="q_scale must be on the same device as qkv"):
+        plan("float8_e4m3fn", "cuda", q_scale=info(scale, "meta"))
+
+
+JAX_FP8_NOT_APPLICABLE = {"scale_cache_overlaps_cache", "q_dtype_type", "scale_cache_not_tensor"}
+JAX_FP8_BAD = [b for b in FP8_BAD if b[0] not in JAX_FP8_NOT_APPLICABLE]
+
+
+@pytest.mark.parametrize("mutate,exc,text", [b[1:] for b in JAX_FP8_BAD], ids=[b[0] for b in JAX_FP8_BAD])
+def test_fp8_bad_input_raises_in_jax(mutate, exc, text):
+    import jax.numpy as jnp
+    from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache_fp8 as jop8
+    from helpers import to_numpy
+
+    args, kwargs = make_inputs(FP8_CASE, "cpu")
+    mutate(args, kwargs)
+
+    def conv(v):
+        if isinstance(v, torch.dtype):
+            return jnp.dtype(str(v).removeprefix("torch."))
+        return jnp.asarray(to_numpy(v)) if isinstance(v, torch.Tensor) else v
+
+    with pytest.raises(exc) as info:
+        jop8(**{k: conv(v) for k, v in args.items()}, **{k: conv(v) for k, v in kwargs.items()})
+    assert text in str(info.value)

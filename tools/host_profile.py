@@ -17,7 +17,7 @@ def _parts(fn, inp, reps):
     fast path, outputs only, Triton's launcher only, number of outputs), for the fast-path entry of ``fn``, one
     eager call of the op on the bench inputs ``inp``."""
     import torch
-    from fused_qkv.core import ARRAY_NAMES
+    from fused_qkv.core import FAST_PATH_ARRAYS
     from fused_qkv.torch_api import fast_path
     from fused_qkv.torch_api.op import clear_caches
 
@@ -29,7 +29,7 @@ def _parts(fn, inp, reps):
     call_only = None
     if entry.native is not None:  # the C++ part alone: what the public function adds is Python
         cfg = key[1]  # the configuration values, as the public function passes them to the native module
-        tensors = [inp.get(k) for k in ARRAY_NAMES]  # no offsets in the bench inputs: None
+        tensors = [inp.get(k) for k in FAST_PATH_ARRAYS]  # no offsets in the bench inputs: None
         module = entry.native[0]
         if module.call(cfg, *tensors) is None:
             raise RuntimeError("the native module did not take the recorded call")

@@ -96,7 +96,7 @@ def plain_eager(*tensors) -> bool:
 def try_python(values: tuple, tensors: tuple):
     """The Python fast path: ``(result, None)`` for a recorded signature; else ``(None, key)``, ``key`` the signature
     to record once the checked path has launched the call (None when it cannot be recorded). ``tensors``: the 12
-    array arguments in ``plan.ARRAY_NAMES`` order (4-D caches: calls with ``layer`` never come here). The native
+    array arguments in ``plan.FAST_PATH_ARRAYS`` order (4-D caches: calls with ``layer`` never come here). The native
     path (``native.call``) is tried before, by the public function itself: it costs one call less there."""
     qkv, kc, vc = tensors[0], tensors[6], tensors[7]
     if not plain_eager(qkv, kc, vc):
@@ -152,7 +152,7 @@ class _FastLaunch:
                 and meeting_pairs(self.spans, pq, pk, pv) - self.ok_pairs:
             return None
         ptrs = (pq, _ptr(q_weight), _ptr(k_weight), _ptr(cos), _ptr(sin), _ptr(positions),
-                _ptr(offsets), slot_mapping.data_ptr(), _ptr(k_scale), _ptr(v_scale), None, pk, pv)
+                _ptr(offsets), slot_mapping.data_ptr(), _ptr(k_scale), _ptr(v_scale), None, pk, pv, None, None, None)
         m = 0
         for p in ptrs:
             if p is not None:
@@ -168,13 +168,13 @@ class _FastLaunch:
         if self.grid0:
             self.run(self.grid0, 1, 1, torch._C._cuda_getCurrentRawStream(self.index), self.function,
                      self.packed_metadata, None, None, None, *ptrs, *self.scalars, q.data_ptr(), _ptr(gate),
-                     _ptr(k), _ptr(v), pk, pv, *self.tail)
+                     _ptr(k), _ptr(v), pk, pv, None, None, None, *self.tail)  # no fp8-attention arrays here
         return _result_type(q, gate, k, v)
 
 
 def register(key, plan, tensors, values, compiled, constexpr_values, spans):
     """Record a validated, launched call signature for the fast paths: the Python one (``_FastLaunch``) and, where
-    it is available, the native one (``native.cpp``). ``tensors``: the 12 tensors (or None) in ``ARRAY_NAMES``
+    it is available, the native one (``native.cpp``). ``tensors``: the 12 tensors (or None) in ``FAST_PATH_ARRAYS``
     order; ``values``: the configuration values as the public function passes them."""
     qkv, kc, vc = tensors[0], tensors[6], tensors[7]
     entry = _FAST.get(key)
@@ -199,7 +199,7 @@ def register(key, plan, tensors, values, compiled, constexpr_values, spans):
 # kernel pointer arguments (plan.INPUT_NAMES order) -> index among the 12 tensors of a native call
 _NATIVE_TENSOR_INDEX = {"qkv": 0, "q_weight": 1, "k_weight": 2, "cos": 3, "sin": 4, "positions": 5, "offsets": 9,
                         "slot_mapping": 8, "k_scale": 10, "v_scale": 11, "layer": None, "key_cache_in": 6,
-                        "value_cache_in": 7}
+                        "value_cache_in": 7, "q_scale": None, "k_scale_cache_in": None, "v_scale_cache_in": None}
 _NATIVE_SCALAR_KINDS = {"i32": 2, "i64": 3, "fp32": 4}
 
 
@@ -217,7 +217,8 @@ def native_params(compiled, plan, constexpr_values):
                + [("scalar", plan.scalars[n]) for n in SCALAR_NAMES]
                + [("output", i) if plan.out_shapes[n] is not None else ("tensor", None)
                   for i, n in enumerate(("q", "gate", "k", "v"))]
-               + [("tensor", 6), ("tensor", 7)] + [("constexpr", v) for v in constexpr_values])
+               + [("tensor", 6), ("tensor", 7)] + [("tensor", None)] * 3  # q_scales, k/v scale caches: never
+               + [("constexpr", v) for v in constexpr_values])
     types = list(src.signature.values())
     if len(types) != len(sources):
         return None

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from fused_qkv.core import (
     ARRAY_NAMES,
+    FAST_PATH_ARRAYS,
     INPUT_NAMES,
     REQUIRED_ARRAYS,
     ArrayInfo,
@@ -27,11 +28,12 @@ from fused_qkv.core import (
 from fused_qkv.core import indices as _indices
 from fused_qkv.core.config import mrope_section_tuple
 from fused_qkv.core.launch import launch_interpreted
-from fused_qkv.core.plan import check_overlaps
+from fused_qkv.core.plan import ALLOCATED_OUTPUTS, check_overlaps, check_scale_cache_overlaps
 from fused_qkv.torch_api import fast_path
 from fused_qkv.torch_api import native as _native
 
 OP_NAME = "fused_qkv::split_qk_norm_rope_cache"
+FP8_OP_NAME = "fused_qkv::split_qk_norm_rope_cache_fp8"
 
 
 class FusedQKVOutput(NamedTuple):
@@ -54,6 +56,22 @@ class FusedQKVOutput(NamedTuple):
 
 
 fast_path.set_result_type(FusedQKVOutput)
+
+
+class FusedQKVFp8Output(NamedTuple):
+    """Outputs of :func:`fused_qkv_split_qk_norm_rope_cache_fp8`: those of :class:`FusedQKVOutput`, with
+
+    q: ``[T, num_q_heads, head_dim]`` in ``q_dtype`` when it is given (``q / q_scale``, or ``q / q_scales``),
+    else the input dtype.
+    q_scales: ``[T, num_q_heads]`` float32, the dynamic scale of each token and Q head (``q_dtype`` given and
+    ``q_scale=None``; dequantise with ``q.float() * q_scales[..., None]``), else ``None``.
+    """
+
+    q: torch.Tensor
+    gate: Optional[torch.Tensor]
+    k: Optional[torch.Tensor]
+    v: Optional[torch.Tensor]
+    q_scales: Optional[torch.Tensor]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -97,7 +115,7 @@ _PLAN_CACHE_MAX = 512
 def _cached_plan(tensors: dict, config: OpConfig):
     """``plan_call`` memoised on tensor metadata and configuration (the plan depends on nothing else), with the byte
     extents of qkv and the caches; the overlap check, which depends on data pointers, runs on every call."""
-    key = (tuple(fast_path._meta(tensors[n]) for n in ARRAY_NAMES), config)
+    key = (tuple(fast_path._meta(tensors.get(n)) for n in ARRAY_NAMES), config)
     hit = _PLAN_CACHE.get(key)
     if hit is None:
         plan, target = plan_call(tensors, config)
@@ -109,6 +127,9 @@ def _cached_plan(tensors: dict, config: OpConfig):
     qkv, kc, vc = tensors["qkv"], tensors["key_cache"], tensors["value_cache"]
     if fast_path.meeting_pairs(spans, qkv.data_ptr(), kc.data_ptr(), vc.data_ptr()):  # the exact check, then
         check_overlaps(*(_info(t, n, True) for t, n in ((qkv, "qkv"), (kc, "key_cache"), (vc, "value_cache"))))
+    if tensors.get("k_scale_cache") is not None or tensors.get("v_scale_cache") is not None:
+        check_scale_cache_overlaps({n: _info(tensors.get(n), n, True) for n in
+                                    ("qkv", "key_cache", "value_cache", "k_scale_cache", "v_scale_cache")})
     return plan, target, spans
 
 
@@ -132,22 +153,35 @@ def _select_layer(key_cache, value_cache, layer):
 def _outputs(plan, qkv):
     def alloc(name):
         spec = plan.out_shapes[name]
-        return torch.empty(spec[0], dtype=qkv.dtype, device=qkv.device) if spec is not None else None
+        return torch.empty(spec[0], dtype=getattr(torch, spec[1]), device=qkv.device) if spec is not None else None
 
-    return {n: alloc(n) for n in ("q", "gate", "k", "v")}
+    return {n: alloc(n) for n in ALLOCATED_OUTPUTS}
 
 
-def _with_placeholders(outs, qkv):
+_RESULT_FIELDS = ("q", "gate", "k", "v")
+_FP8_RESULT_FIELDS = ("q", "gate", "k", "v", "q_scales")
+
+
+def _with_placeholders(outs, qkv, fields=_RESULT_FIELDS):
     # a custom op returns tensors, never None: absent outputs become distinct empty tensors
-    return tuple(outs[n] if outs[n] is not None else qkv.new_empty(0) for n in ("q", "gate", "k", "v"))
+    return tuple(outs[n] if outs[n] is not None else qkv.new_empty(0) for n in fields)
 
 
 def _layer_selected(tensors: dict, layer) -> dict:
     kc, vc = _select_layer(tensors["key_cache"], tensors["value_cache"], layer)
-    return dict(tensors, key_cache=kc, value_cache=vc)
+    selected = dict(tensors, key_cache=kc, value_cache=vc)
+    for name, cname in (("k_scale_cache", "key_cache"), ("v_scale_cache", "value_cache")):
+        sc = tensors.get(name)
+        if sc is not None and layer is not None:
+            if not isinstance(sc, torch.Tensor) or sc.dim() != tensors[cname].dim() - 1:
+                raise ValueError(f"{name} must have the shape of {cname} without its last (head_dim) axis, "
+                                 f"{tuple(tensors[cname].shape[:-1])}, got "
+                                 f"{tuple(sc.shape) if isinstance(sc, torch.Tensor) else type(sc).__name__}")
+            selected[name] = sc[layer]
+    return selected
 
 
-def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record=None):
+def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record=None, fields=_RESULT_FIELDS):
     """The op's implementation: plan (cached), allocate, launch. Called by the registered op, and directly by the
     public function for plain eager calls (the dispatcher's Python custom-op path costs far more host time than
     the launch itself). ``record``: ``(key, values)`` to record this call signature for the fast paths once it has
@@ -158,9 +192,12 @@ def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record
     outs = _outputs(plan, qkv)
     if plan.grid[0] > 0:
         inputs = {n: tensors.get(n) for n in INPUT_NAMES}
-        inputs.update(layer=None, key_cache_in=tensors["key_cache"], value_cache_in=tensors["value_cache"])
+        ksc, vsc = tensors.get("k_scale_cache"), tensors.get("v_scale_cache")
+        inputs.update(layer=None, key_cache_in=tensors["key_cache"], value_cache_in=tensors["value_cache"],
+                      k_scale_cache_in=ksc, v_scale_cache_in=vsc)
         args = ordered_args(inputs, plan.scalars,
-                            dict(outs, key_cache=tensors["key_cache"], value_cache=tensors["value_cache"]))
+                            dict(outs, key_cache=tensors["key_cache"], value_cache=tensors["value_cache"],
+                                 k_scale_cache=ksc, v_scale_cache=vsc))
         if target == "interpreter":
             launch_interpreted(plan.grid, args, plan.constexprs)
         elif qkv.device.index != torch.cuda.current_device():
@@ -169,11 +206,11 @@ def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record
         else:
             compiled, constexpr_values, aligned = fast_path.launch_compiled(plan, args, qkv.device.index)
             if record is not None and aligned and target == "cuda":
-                fast_path.register(record[0], plan, tuple(tensors[n] for n in ARRAY_NAMES), record[1], compiled,
+                fast_path.register(record[0], plan, tuple(tensors[n] for n in FAST_PATH_ARRAYS), record[1], compiled,
                                    constexpr_values, spans)
     if not placeholders:  # the eager paths: absent outputs stay None
-        return outs["q"], outs["gate"], outs["k"], outs["v"]
-    return _with_placeholders(outs, qkv)
+        return tuple(outs[n] for n in fields)
+    return _with_placeholders(outs, qkv, fields)
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=("key_cache", "value_cache"))
@@ -214,6 +251,45 @@ def _fused_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, valu
     return _with_placeholders(_outputs(plan, qkv), qkv)
 
 
+@torch.library.custom_op(FP8_OP_NAME, mutates_args=("key_cache", "value_cache", "k_scale_cache", "v_scale_cache"))
+def _fused_fp8_op(
+    qkv: torch.Tensor, q_weight: Optional[torch.Tensor], k_weight: Optional[torch.Tensor],
+    cos: Optional[torch.Tensor], sin: Optional[torch.Tensor], positions: Optional[torch.Tensor],
+    key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor, num_q_heads: int,
+    num_kv_heads: int, head_dim: int, eps: float, norm_weight_offset: float, is_neox: bool,
+    rotary_dim: Optional[int], offsets: Optional[torch.Tensor], attn_output_gate: bool, gated_qkv_layout: str,
+    k_scale: Optional[torch.Tensor], v_scale: Optional[torch.Tensor], kv_cache_layout: str, return_kv: bool,
+    layer: Optional[int], mrope_section: Optional[list[int]], mrope_interleaved: bool, v_norm: bool, k_eq_v: bool,
+    q_dtype: Optional[str], q_scale: Optional[torch.Tensor], k_scale_cache: Optional[torch.Tensor],
+    v_scale_cache: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    tensors, config = _fp8_op_arguments(locals())
+    return _launch(tensors, config, layer, fields=_FP8_RESULT_FIELDS)
+
+
+@_fused_fp8_op.register_fake
+def _fused_fp8_op_fake(qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping,
+                       num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, offsets,
+                       attn_output_gate, gated_qkv_layout, k_scale, v_scale, kv_cache_layout, return_kv, layer,
+                       mrope_section, mrope_interleaved, v_norm, k_eq_v, q_dtype, q_scale, k_scale_cache,
+                       v_scale_cache):
+    tensors, config = _fp8_op_arguments(locals())
+    plan, _ = plan_call(_layer_selected(tensors, layer), config)
+    return _with_placeholders(_outputs(plan, qkv), qkv, _FP8_RESULT_FIELDS)
+
+
+def _fp8_op_arguments(a: dict):
+    """(tensors, config) from the fp8 op's arguments (its schema's names)."""
+    tensors = {n: a[n] for n in ARRAY_NAMES}
+    section = a["mrope_section"]
+    config = config_from_values((a["num_q_heads"], a["num_kv_heads"], a["head_dim"], a["eps"],
+                                 a["norm_weight_offset"], a["is_neox"], a["rotary_dim"], a["attn_output_gate"],
+                                 a["gated_qkv_layout"], a["kv_cache_layout"], a["return_kv"],
+                                 None if section is None else tuple(section), a["mrope_interleaved"], a["v_norm"],
+                                 a["k_eq_v"], a["q_dtype"]))
+    return tensors, config
+
+
 _warned_unchecked = []
 
 
@@ -235,19 +311,21 @@ def _check_indices_on_host(tensors: dict, config: OpConfig, layer):
                            num_cache_slots=plan.scalars["num_cache_slots"])
 
 
-def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record):
+def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record, fp8: bool = False):
     """The checked path: validate the configuration and the arguments, then launch directly (plain eager calls)
-    or through the registered op."""
+    or through the registered op (``fp8``: the fp8 entry point's op, never recorded for the fast paths)."""
     # dynamo would trace the memo's dict and fail to guard on its key: under torch.compile, validate directly
     config = OpConfig(*values) if torch.compiler.is_compiling() else config_from_values(values)
     for name in ARRAY_NAMES:
-        t = tensors[name]
+        t = tensors.get(name)
         if not (t is None or isinstance(t, torch.Tensor)) or (t is None and name in REQUIRED_ARRAYS):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
         raise TypeError(f"layer must be None or a Python int, got {type(layer).__name__}")
     if checking:
         _check_indices_on_host(tensors, config, layer)
+    if fp8:
+        return _fp8_call(tensors, config, layer)
     if fast_path.plain_eager(tensors["qkv"], tensors["key_cache"], tensors["value_cache"]):
         q, gate, k, v = _launch(tensors, config, layer, placeholders=False, record=record)
     else:
@@ -260,6 +338,24 @@ def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record):
             None if c.mrope_section is None else list(c.mrope_section), c.mrope_interleaved, c.v_norm, c.k_eq_v)
     return FusedQKVOutput(q, gate if config.attn_output_gate else None, k if config.return_kv else None,
                           v if config.return_kv else None)
+
+
+def _fp8_call(tensors: dict, config: OpConfig, layer) -> FusedQKVFp8Output:
+    t, c = tensors, config
+    if fast_path.plain_eager(*(x for x in (t["qkv"], t["key_cache"], t["value_cache"], t["k_scale_cache"],
+                                          t["v_scale_cache"]) if x is not None)):
+        q, gate, k, v, q_scales = _launch(tensors, config, layer, placeholders=False, fields=_FP8_RESULT_FIELDS)
+    else:
+        q, gate, k, v, q_scales = torch.ops.fused_qkv.split_qk_norm_rope_cache_fp8(
+            t["qkv"], t["q_weight"], t["k_weight"], t["cos"], t["sin"], t["positions"], t["key_cache"],
+            t["value_cache"], t["slot_mapping"], c.num_q_heads, c.num_kv_heads, c.head_dim, c.eps,
+            c.norm_weight_offset, c.is_neox, c.rotary_dim, t["offsets"], c.attn_output_gate, c.gated_qkv_layout,
+            t["k_scale"], t["v_scale"], c.kv_cache_layout, c.return_kv, layer,
+            None if c.mrope_section is None else list(c.mrope_section), c.mrope_interleaved, c.v_norm, c.k_eq_v,
+            c.q_dtype, t["q_scale"], t["k_scale_cache"], t["v_scale_cache"])
+    dynamic = c.q_dtype is not None and t["q_scale"] is None
+    return FusedQKVFp8Output(q, gate if c.attn_output_gate else None, k if c.return_kv else None,
+                             v if c.return_kv else None, q_scales if dynamic else None)
 
 
 def fused_qkv_split_qk_norm_rope_cache(
@@ -386,3 +482,92 @@ def fused_qkv_split_qk_norm_rope_cache(
                    key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
                    k_scale=k_scale, v_scale=v_scale)
     return _checked_call(tensors, values, layer, checking, record)
+
+
+def _q_dtype_name(q_dtype) -> Optional[str]:
+    if q_dtype is None:
+        return None
+    if not isinstance(q_dtype, torch.dtype):
+        raise TypeError(f"q_dtype must be None or a torch.dtype (an fp8 dtype), got {type(q_dtype).__name__}")
+    return _dtype_name(q_dtype)
+
+
+def fused_qkv_split_qk_norm_rope_cache_fp8(
+    qkv: torch.Tensor,
+    q_weight: Optional[torch.Tensor],
+    k_weight: Optional[torch.Tensor],
+    cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor],
+    positions: Optional[torch.Tensor],
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    q_dtype: Optional[torch.dtype] = None,
+    q_scale: Optional[torch.Tensor] = None,
+    k_scale_cache: Optional[torch.Tensor] = None,
+    v_scale_cache: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    norm_weight_offset: float = 0.0,
+    is_neox: bool = True,
+    rotary_dim: Optional[int] = None,
+    offsets: Optional[torch.Tensor] = None,
+    attn_output_gate: bool = False,
+    gated_qkv_layout: str = "interleaved",
+    k_scale: Optional[torch.Tensor] = None,
+    v_scale: Optional[torch.Tensor] = None,
+    kv_cache_layout: str = "NHD",
+    return_kv: bool = True,
+    mrope_section: Optional[Sequence[int]] = None,
+    mrope_interleaved: bool = False,
+    v_norm: bool = False,
+    k_eq_v: bool = False,
+    layer: Optional[int] = None,
+    check_indices: Optional[bool] = None,
+) -> FusedQKVFp8Output:
+    """:func:`fused_qkv_split_qk_norm_rope_cache` for fp8 attention: fp8 q and per-token-head fp8 K/V scales, in
+    the same single kernel launch. Every argument of that function means the same here; the fp8 ones:
+
+    Args:
+        q_dtype: ``None`` (q in the input dtype) or the fp8 dtype of q: ``torch.float8_e4m3fn`` (CUDA, gfx950) or
+            ``torch.float8_e4m3fnuz`` (ROCm gfx942); e5m2 q is not supported. q is computed in float32 (norm,
+            RoPE), divided by its scale and rounded once to nearest-even, saturating. The gate stays in the input
+            dtype; k and v (``return_kv``) are returned unquantised.
+        q_scale: with ``q_dtype``: a float32 tensor of 1 element on qkv's device, the static scale
+            (``q = saturate(q / q_scale)``); ``None``: one dynamic scale per token and Q head,
+            ``s = max(amax(|q|) / fp8_max, 2**-126)`` over the head's ``D`` values, returned as ``q_scales``.
+        k_scale_cache, v_scale_cache: per-token-head scale caches, float32, shaped like the cache without its
+            last axis: ``[num_blocks, block_size, KVH]`` for NHD, ``[num_blocks, KVH, block_size]`` for HND (with the
+            caches' leading layer axis ``[L, ...]`` when ``layer`` is given; the same layer is written), any
+            strides; mutated in place. With one, its cache must be fp8 and its static scale (``k_scale`` /
+            ``v_scale``) None: each written token and KV head gets ``s = max(amax / fp8_max, 2**-126)`` over its
+            ``D`` values (after norm, RoPE and ``v_norm``); the cache stores ``x / s`` and the scale cache ``s``
+            at the same slot. Skipped slots leave both unchanged.
+
+    Returns:
+        :class:`FusedQKVFp8Output` ``(q, gate, k, v, q_scales)``. A separate entry point, so that the main
+        function's ``q, gate, k, v = ...`` unpacking never changes; the scale caches are written in place.
+
+    Calls always take the checked path (about as much host time as one eager call of the main function's first
+    call of a signature: no native launcher yet); they are CUDA-graph capturable and ``torch.compile`` traces them
+    as one op (``fused_qkv::split_qk_norm_rope_cache_fp8``).
+
+    Raises:
+        TypeError / ValueError naming the argument, as the main function, and for a q_dtype the target cannot
+        store, a ``q_scale`` of the wrong size, dtype or device or without ``q_dtype``, a scale cache of the wrong
+        shape, dtype or device, beside a non-fp8 cache or together with a static scale.
+    """
+    if mrope_section is not None:
+        mrope_section = mrope_section_tuple(mrope_section)
+    values = (num_q_heads, num_kv_heads, head_dim, eps, norm_weight_offset, is_neox, rotary_dim, attn_output_gate,
+              gated_qkv_layout, kv_cache_layout, return_kv, mrope_section, mrope_interleaved, v_norm, k_eq_v,
+              _q_dtype_name(q_dtype))
+    checking = _indices.CHECK_BY_DEFAULT if check_indices is None else _indices.index_checks_requested(check_indices)
+    tensors = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
+                   key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
+                   k_scale=k_scale, v_scale=v_scale, q_scale=q_scale, k_scale_cache=k_scale_cache,
+                   v_scale_cache=v_scale_cache)
+    return _checked_call(tensors, values, layer, checking, None, fp8=True)

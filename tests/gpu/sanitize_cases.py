@@ -25,7 +25,7 @@ def main(n_fuzz: int) -> int:
     from fused_qkv.torch_api import op as op_module
 
     checked, real = [], op_module._checked_call
-    op_module._checked_call = lambda *args: (checked.append(1), real(*args))[1]
+    op_module._checked_call = lambda *args, **kw: (checked.append(1), real(*args, **kw))[1]
     python_fast, real_fast = [], fast_path._FastLaunch.__call__
     fast_path._FastLaunch.__call__ = lambda self, *a: (python_fast.append(1), real_fast(self, *a))[1]
     random.seed(0)

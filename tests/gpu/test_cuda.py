@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
+from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as op8
 from helpers import Case, check_against_oracle, make_inputs
 
 
@@ -29,6 +30,42 @@ def test_cuda_graph_capture_and_replay_with_changing_inputs():
         torch.cuda.synchronize()
         check_against_oracle(dataclasses.replace(case, seed=seed), static, kwargs, out, kc0, vc0,
                              static["key_cache"], static["value_cache"])
+
+
+def test_fp8_entry_point_captures_into_a_cuda_graph():
+    """The fp8 entry point (dynamic fp8 q, per-token-head scale caches) captures and replays with new inputs; its
+    launches do not sync the host."""
+    case = Case(T=16, cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", num_blocks=8, block_size=4)
+    args, kwargs = make_inputs(case, "cuda")
+    static = dict(args)
+    op8(**static, **kwargs)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        op8(**static, **kwargs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op8(**static, **kwargs)
+    for seed in (5, 6):
+        new, _ = make_inputs(dataclasses.replace(case, seed=seed), "cuda")
+        for name in ("qkv", "positions", "slot_mapping", "cos", "sin", "q_weight", "k_weight"):
+            static[name].copy_(new[name])
+        kc0, vc0 = static["key_cache"].cpu().clone(), static["value_cache"].cpu().clone()
+        scales0 = {n: kwargs[n].cpu().clone() for n in ("k_scale_cache", "v_scale_cache")}
+        graph.replay()
+        torch.cuda.synchronize()
+        check_against_oracle(dataclasses.replace(case, seed=seed), static, kwargs, out, kc0, vc0,
+                             static["key_cache"], static["value_cache"], scales0,
+                             {n: kwargs[n] for n in scales0})
+
+
+def test_fp8_q_fnuz_rejected_on_cuda():
+    args, kwargs = make_inputs(Case(q_fp8="dynamic", q_dtype="float8_e4m3fnuz"), "cuda")
+    with pytest.raises(TypeError, match="q_dtype float8_e4m3fnuz is not supported on target cuda"):
+        op8(**args, **kwargs)
 
 
 def test_launch_does_not_sync_the_host():

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache as jop
+from fused_qkv.jax_api import fused_qkv_split_qk_norm_rope_cache_fp8 as jop8
 from helpers import Case, make_inputs, to_numpy
 
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -15,7 +16,13 @@ warnings.filterwarnings("ignore", message="Some donated buffers were not usable"
 def _setup(case):
     args, kwargs = make_inputs(case, "cpu")
     arr = {k: jnp.asarray(to_numpy(v)) for k, v in args.items() if v is not None}
-    static = {k: v for k, v in kwargs.items() if k not in ("layer", "offsets", "k_scale", "v_scale")}
+    static = {k: v for k, v in kwargs.items() if k not in ("layer", "offsets", "k_scale", "v_scale", "q_scale",
+                                                           "k_scale_cache", "v_scale_cache")}
+    if "q_dtype" in static:
+        static["q_dtype"] = jnp.dtype(case.q_dtype)
+    for name in ("k_scale_cache", "v_scale_cache"):
+        if kwargs.get(name) is not None:
+            arr[name] = jnp.asarray(kwargs[name].numpy())
     return arr, static
 
 
@@ -31,6 +38,27 @@ def test_donated_update_is_in_place():
         out = step(arr, kc, vc)
         kc, vc = out.key_cache, out.value_cache
         assert kc.unsafe_buffer_pointer() == pk and vc.unsafe_buffer_pointer() == pv
+
+
+def test_donated_fp8_scale_caches_are_updated_in_place():
+    """The fp8 entry point: caches and per-token-head scale caches, donated, keep their buffers over a donated scan
+    of three calls (dynamic fp8 q)."""
+    case = Case(T=8, num_blocks=64, block_size=16, cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic")
+    arr, static = _setup(case)
+    names = ("key_cache", "value_cache", "k_scale_cache", "v_scale_cache")
+    state = [arr.pop(n) for n in names]
+
+    def call(a, kc, vc, ksc, vsc):
+        return jop8(a["qkv"], a["q_weight"], a["k_weight"], a["cos"], a["sin"], a["positions"], kc, vc,
+                    a["slot_mapping"], k_scale_cache=ksc, v_scale_cache=vsc, **static)
+
+    step = jax.jit(call, donate_argnums=(1, 2, 3, 4))
+    pointers = [x.unsafe_buffer_pointer() for x in state]
+    for _ in range(3):
+        out = step(arr, *state)
+        state = [getattr(out, n) for n in names]
+        assert [x.unsafe_buffer_pointer() for x in state] == pointers
+        assert out.q.dtype == jnp.float8_e4m3fn and out.q_scales.shape == (case.T, case.QH)
 
 
 def _cache_copies(hlo: str, shape: str):
