@@ -55,8 +55,8 @@ def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
 
     warp = TARGETS[target][2]
     block_t, num_warps = choose_tiles(plan.num_tokens, plan.constexprs["BLOCK_D"], target, warp)
-    constexprs = dict(plan.constexprs, BLOCK_T=block_t, K_SOFT_FP8=False, V_SOFT_FP8=False,
-                      HW_CAST=True)
+    constexprs = dict(plan.constexprs, BLOCK_T=block_t, Q_SOFT_FP8=False, K_SOFT_FP8=False,
+                      V_SOFT_FP8=False, HW_CAST=True)
     return dataclasses.replace(plan, constexprs=constexprs, num_warps=num_warps)
 
 

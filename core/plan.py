@@ -363,6 +363,9 @@ def _check_scale_cache(arrays, sname: str, cname: str, static_name: str) -> None
 def check_scale_cache_overlaps(arrays) -> None:
     """The scale caches are written in place too: apart from each other, the caches and qkv."""
     names = ("qkv", "key_cache", "value_cache", "k_scale_cache", "v_scale_cache")
+    for name in names[3:]:
+        if arrays[name] is not None:
+            check_distinct_elements(name, arrays[name])
     for i, a in enumerate(names):
         for b in names[max(i + 1, 3):]:
             if a != b and arrays[a] is not None and arrays[b] is not None and \
@@ -650,7 +653,10 @@ def recording_plans(observer):
 
 # ------------------------------------------------------------------------------------------------ overlaps
 def check_overlaps(qkv: ArrayInfo, key_cache: ArrayInfo, value_cache: ArrayInfo) -> None:
-    """The caches are written in place: they must not share memory with each other or with qkv."""
+    """The caches are written in place: they must not share memory with each other or with qkv, and no two of
+    their own elements may share memory (a stride-0 or interleaved view would race)."""
+    for cname, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        check_distinct_elements(cname, cache)
     if _may_share_elements(key_cache, value_cache):
         raise ValueError("key_cache and value_cache must not overlap in memory")
     for cname, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
@@ -677,6 +683,18 @@ def meeting_pairs(spans, pq: int, pk: int, pv: int) -> frozenset:
     if pq + q0 < pv + v1 and pv + v0 < pq + q1:
         meet.add(("qv", pv - pq))
     return frozenset(meet)
+
+
+def check_distinct_elements(name: str, info: ArrayInfo) -> None:
+    """Reject a written array two of whose elements share memory: its strides (over axes longer than 1), sorted,
+    must each be at least the extent of the smaller ones (stride 0 from ``expand`` fails this)."""
+    extent = 1
+    for st, n in sorted((abs(st), n) for n, st in zip(info.shape, info.strides, strict=True) if n > 1):
+        if st < extent:
+            raise ValueError(f"{name} is written in place, so no two of its elements may share memory; got shape "
+                             f"{tuple(info.shape)} with strides {tuple(info.strides)} (e.g. a stride-0 view from "
+                             f"expand): pass a tensor with its own storage for every element")
+        extent = st * (n - 1) + extent
 
 
 def _may_share_elements(a: ArrayInfo, b: ArrayInfo) -> bool:

@@ -70,6 +70,9 @@ BAD = [
     ("cache_last_stride", _set("key_cache", lambda a, k: a["key_cache"].transpose(2, 3).contiguous().transpose(2, 3)),
      ValueError, "key_cache must be contiguous in head_dim"),
     ("caches_alias", _set("value_cache", lambda a, k: a["key_cache"]), ValueError, "must not overlap"),
+    ("cache_stride0", _set("value_cache", lambda a, k: a["value_cache"][:1].expand_as(a["value_cache"])), ValueError,
+     "value_cache is written in place, so no two of its elements may share memory; got shape (6, 4, 2, 64) "
+     "with strides (0, 128, 64, 1)"),
     ("scale_dtype", _set("k_scale", _ones(1, dtype=torch.float64)), TypeError, "k_scale must have dtype"),
     ("scale_int", _set("k_scale", _ones(1, dtype=torch.int32)), TypeError, "k_scale must have dtype"),
     ("scale_size", _set("v_scale", _ones(3)), ValueError, "v_scale must hold 1 element or num_kv_heads"),
@@ -182,7 +185,7 @@ def test_fp8_dtype_per_target():
 # The same bad inputs through the JAX frontend. Not applicable there: strides (JAX arrays are contiguous),
 # aliasing (functional caches), devices (JAX places arrays itself). float64 stays float64 here (the test turns
 # jax_enable_x64 on); with it off the argument is named too (tests/test_first_use.py).
-JAX_NOT_APPLICABLE = {"qkv_col_stride", "cache_last_stride", "caches_alias"}
+JAX_NOT_APPLICABLE = {"qkv_col_stride", "cache_last_stride", "caches_alias", "cache_stride0"}
 JAX_TEXT = {"qkv_not_tensor": "qkv must be a jax.Array", "missing_tensor": "slot_mapping must be a jax.Array",
             "layer_type": "layer must be None, an int"}
 JAX_BAD = [b for b in BAD if b[0] not in JAX_NOT_APPLICABLE]
@@ -236,6 +239,8 @@ FP8_BAD = [
      "k_scale_cache needs an fp8 key_cache, got key_cache dtype bfloat16"),
     ("scale_cache_overlaps_cache", _set("k_scale_cache", _scale_view_of_key_cache), ValueError,
      "k_scale_cache must not overlap key_cache"),
+    ("scale_cache_stride0", _set("v_scale_cache", lambda a, k: k["v_scale_cache"][:, :1].expand_as(k["v_scale_cache"])),
+     ValueError, "v_scale_cache is written in place, so no two of its elements may share memory"),
     ("q_dtype_e5m2", _set("q_dtype", torch.float8_e5m2), TypeError,
      "q_dtype float8_e5m2 is not supported on target"),
     ("q_dtype_not_fp8", _set("q_dtype", torch.bfloat16), TypeError, "q_dtype must be None or an fp8 dtype"),
@@ -300,7 +305,7 @@ def test_fp8_q_dtype_and_q_scale_device_per_target():
         plan("float8_e4m3fn", "cuda", q_scale=info(scale, "meta"))
 
 
-JAX_FP8_NOT_APPLICABLE = {"scale_cache_overlaps_cache", "q_dtype_type", "scale_cache_not_tensor"}
+JAX_FP8_NOT_APPLICABLE = {"scale_cache_overlaps_cache", "scale_cache_stride0", "q_dtype_type", "scale_cache_not_tensor"}
 JAX_FP8_BAD = [b for b in FP8_BAD if b[0] not in JAX_FP8_NOT_APPLICABLE]
 
 

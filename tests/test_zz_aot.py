@@ -47,3 +47,17 @@ def test_every_planned_specialisation_compiles_for_every_target(tmp_path):
         print(outputs[t].strip().splitlines()[-1] if outputs[t].strip() else f"{t}: no output")
     bad = {t: outputs[t][-6000:] for t in TARGETS if codes[t] != 0 or "0 failed" not in outputs[t]}
     assert not bad, bad
+
+
+def test_retargeting_replaces_every_interpreter_fp8_encoding_with_the_hardware_cast():
+    from fused_qkv.core.aot import retarget
+    from helpers import Case
+
+    case = Case(T=16, num_blocks=16, cache_dtype="float8_e4m3fnuz", q_fp8="dynamic", q_dtype="float8_e4m3fnuz",
+                scale_cache="kv")
+    plan = plan_for(case, target="interpreter")
+    soft = ("Q_SOFT_FP8", "K_SOFT_FP8", "V_SOFT_FP8")
+    assert all(plan.constexprs[k] for k in soft) and not plan.constexprs["HW_CAST"]
+    for target in ("hip:gfx942", "hip:gfx950", "cuda"):
+        tplan = retarget(plan, target)
+        assert not any(tplan.constexprs[k] for k in soft) and tplan.constexprs["HW_CAST"], target
