@@ -51,12 +51,12 @@ def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
     """The same specialisation as ``target`` would launch it: its own tile heuristics, hardware fp8 casts."""
     import dataclasses
 
-    from .plan import choose_tiles
+    from .plan import choose_tiles, hw_cast
 
     warp = TARGETS[target][2]
     block_t, num_warps = choose_tiles(plan.num_tokens, plan.constexprs["BLOCK_D"], target, warp)
     constexprs = dict(plan.constexprs, BLOCK_T=block_t, Q_SOFT_FP8=False, K_SOFT_FP8=False,
-                      V_SOFT_FP8=False, HW_CAST=True)
+                      V_SOFT_FP8=False, HW_CAST=hw_cast(target))
     return dataclasses.replace(plan, constexprs=constexprs, num_warps=num_warps)
 
 

@@ -20,9 +20,10 @@ combined list ``[Q head groups | K head groups | V heads | gate heads]``; a grou
 one only with mRoPE, ``plan.head_group``).
 
 Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even. Compiled code uses
-the target's casts, which round to nearest-even, with the fp8 saturation and the sign of a zero result made
-explicit (``HW_CAST``). Triton's interpreter truncates in its casts, so there the kernel rounds by explicit
-arithmetic first (``_round_bf16``, ``_round_fp8``) and the final cast is exact. Both give the same bits.
+the target's casts, which round to nearest-even (``HW_CAST`` 1 or 2); CUDA's saturate too (2), on ROCm the fp8
+saturation and the +0 of e4m3fnuz (which has no -0) are explicit. Triton's interpreter truncates in its casts, so
+there the kernel rounds by explicit arithmetic first (``_round_bf16``, ``_round_fp8``) and the final cast is exact.
+All give the same bits: a result that rounds to zero keeps the sign of its input where the format has a -0.
 """
 
 import triton
@@ -39,14 +40,14 @@ def _round_bf16(x):
 
 
 @triton.jit
-def _round_fp8(x, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr):
+def _round_fp8(x, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr, SIGNED_ZERO: tl.constexpr):
     """Saturate fp32 ``x`` to [-MAXV, MAXV] and round it to nearest-even on the grid of an fp8 format.
 
     The format has MBITS explicit mantissa bits and minimum normal exponent EMIN. The
     spacing of representable values around ``x`` is ``2**(max(e, EMIN) - MBITS)``
     with ``e = floor(log2|x|)``; dividing by it is exact (power of two), the rounding
     is fp32's own round-to-nearest-even add of 1.5 * 2**23, and scaling back is exact.
-    Zero results are +0.0 (e4m3fnuz has no negative zero).
+    Zero results keep the sign of ``x`` if SIGNED_ZERO (as the hardware casts give), else are +0.0 (e4m3fnuz).
     """
     x = tl.minimum(tl.maximum(x, -MAXV), MAXV)
     biased_exp = ((x.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
@@ -56,7 +57,10 @@ def _round_fp8(x, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr):
     y = x * inv_quantum
     magic = 12582912.0  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
     r = ((y + magic) - magic) * quantum
-    return tl.where(r == 0.0, 0.0, r)
+    if SIGNED_ZERO:
+        return tl.where(r == 0.0, x * 0.0, r)  # x is finite here: x * 0 is the zero of x's sign
+    else:
+        return tl.where(r == 0.0, 0.0, r)
 
 
 @triton.jit
@@ -64,17 +68,19 @@ def _to_storage(x, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.conste
                 HW_CAST: tl.constexpr):
     """Convert fp32 ``x`` to ``OUT_DTYPE`` with one correctly rounded step (MBITS > 0: fp8 grid).
 
-    HW_CAST (compiled code): the target's own cast rounds to nearest-even (PTX ``cvt.rn``, AMD ``v_cvt_pk``);
-    only the saturation and the sign of zero are made explicit, so the bits equal the explicit rounding's.
-    Otherwise (the interpreter, whose casts truncate) the value is rounded by arithmetic first.
+    HW_CAST 1 or 2 (compiled code): the target's own cast rounds to nearest-even (PTX ``cvt.rn``, AMD
+    ``v_cvt_pk``). 2: it also saturates to the finite range (``cvt.rn.satfinite`` on sm_90), and nothing is added;
+    1: the saturation is a clamp, and e4m3fnuz's zero is made +0. HW_CAST 0 (the interpreter, whose casts
+    truncate): the value is rounded by arithmetic first.
     """
     if MBITS > 0:
         if HW_CAST:
-            x = tl.minimum(tl.maximum(x, -MAXV), MAXV)
-            # |x| <= half the smallest subnormal rounds to zero: +0.0, as the explicit rounding gives
-            x = tl.where(tl.abs(x) <= 2.0 ** (EMIN - MBITS - 1), 0.0, x)
+            if HW_CAST == 1:
+                x = tl.minimum(tl.maximum(x, -MAXV), MAXV)
+                if OUT_DTYPE == tl.float8e4b8:  # e4m3fnuz: 0x80 is NaN, a zero must be +0
+                    x = tl.where(tl.abs(x) <= 2.0 ** (EMIN - MBITS - 1), 0.0, x)
         else:
-            x = _round_fp8(x, MBITS, EMIN, MAXV)
+            x = _round_fp8(x, MBITS, EMIN, MAXV, OUT_DTYPE != tl.float8e4b8)
     elif OUT_DTYPE == tl.bfloat16 and not HW_CAST:
         x = _round_bf16(x)
     return x.to(OUT_DTYPE)
@@ -118,7 +124,7 @@ def _store_converted(ptr, x, mask, OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr,
     """Store fp32 ``x`` as ``OUT_DTYPE``. SOFT_FP8: encode fp8 bits in integer arithmetic (used only under
     Triton's interpreter, which has no float8_e4m3fnuz type); otherwise the target's own exact cast."""
     if SOFT_FP8:
-        bits = _fp8_bits(_round_fp8(x, MBITS, EMIN, MAXV), MBITS, EMIN)
+        bits = _fp8_bits(_round_fp8(x, MBITS, EMIN, MAXV, False), MBITS, EMIN)
         tl.store(ptr.to(tl.pointer_type(tl.uint8), bitcast=True), bits, mask=mask)
     else:
         _store_once(ptr, _to_storage(x, OUT_DTYPE, MBITS, EMIN, MAXV, HW_CAST), mask, EVICT)
@@ -130,8 +136,8 @@ def _rms_scale(a, b, p, HEAD_DIM: tl.constexpr, eps):
     # tl.reduce with the standard sum combiner rather than tl.sum: tl.sum is a @jit function
     # decorated at triton import (compiled), which an interpreted kernel cannot call; the
     # interpreter maps this combiner to np.sum.
-    ss = (tl.reduce(a * a, 1, tl.standard._sum_combine) + tl.reduce(b * b, 1, tl.standard._sum_combine)
-          + tl.reduce(p * p, 1, tl.standard._sum_combine))
+    # a and b share a shape and mask: one cross-lane reduction for both
+    ss = tl.reduce(a * a + b * b, 1, tl.standard._sum_combine) + tl.reduce(p * p, 1, tl.standard._sum_combine)
     return tl.math.rsqrt(ss / HEAD_DIM + eps)
 
 
@@ -150,7 +156,7 @@ def _dynamic_scale(amax, MAXV: tl.constexpr):
 @triton.jit
 def _head_scale(a, b, p, MAXV: tl.constexpr):
     """The dynamic scale of a rotated head held as its three channel groups."""
-    return _dynamic_scale(tl.maximum(tl.maximum(_row_amax(a), _row_amax(b)), _row_amax(p)), MAXV)
+    return _dynamic_scale(tl.maximum(_row_amax(tl.maximum(tl.abs(a), tl.abs(b))), _row_amax(p)), MAXV)
 
 
 @triton.jit
@@ -369,7 +375,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     BLOCK_SIZE: tl.constexpr,  # cache block size (tokens per page)
     BLOCK_T: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_PASS: tl.constexpr,
-    HW_CAST: tl.constexpr,  # compiled code: the target's casts round to nearest-even (see _to_storage)
+    HW_CAST: tl.constexpr,  # 0 interpreter; 1, 2: the target's casts round to nearest-even, 2: and saturate
     TOKENS_MULT16: tl.constexpr, SLOTS_MULT16: tl.constexpr,  # num_tokens / num_slot_entries % 16 == 0
     EVICT_FIRST: tl.constexpr,  # large calls: evict-first hints on the data touched once (plan.evict_first)
 ):
@@ -423,6 +429,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
             c_grp = 0.0
             s_grp = 0.0
         if head < NUM_Q_PROGS:
+            if Q_SCALE_MODE == 1:  # scales are applied as one reciprocal (per row if dynamic) and a multiply
+                q_inv = 1.0 / tl.load(q_scale_ptr)
             for g in tl.static_range(HEAD_GROUP):
                 qh = head * HEAD_GROUP + g
                 a_rot, b_rot, p = _load_norm_rope(
@@ -437,21 +445,19 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
                                 HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
                 else:
-                    if Q_SCALE_MODE == 1:
-                        qs = tl.load(q_scale_ptr)
-                    else:
+                    if Q_SCALE_MODE == 2:
                         qs_t = _head_scale(a_rot, b_rot, p, Q_MAXV)
                         tl.store(q_scales_ptr + tok64 * NUM_Q_HEADS + qh, qs_t, mask=tok_mask)
-                        qs = qs_t[:, None]
-                    _store_head(q_dst, row_mask, a_rot / qs, b_rot / qs, p / qs, a_offs, b_offs, p_offs, half_mask,
-                                pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV, Q_SOFT_FP8,
-                                HW_CAST, EVICT_FIRST)
+                        q_inv = (1.0 / qs_t)[:, None]
+                    _store_head(q_dst, row_mask, a_rot * q_inv, b_rot * q_inv, p * q_inv, a_offs, b_offs, p_offs,
+                                half_mask, pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV,
+                                Q_SOFT_FP8, HW_CAST, EVICT_FIRST)
         else:
             slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
             for g in tl.static_range(HEAD_GROUP):
                 kh = (head - NUM_Q_PROGS) * HEAD_GROUP + g
                 if K_SCALE_MODE == 1 or K_SCALE_MODE == 2:
-                    ks = tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
+                    k_inv = 1.0 / tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
                 a_rot, b_rot, p = _load_norm_rope(
                     qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
                     offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
@@ -471,11 +477,11 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     s_ok, s_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                               KS_LAYER_STRIDE, KS_BLOCK_STRIDE, KS_SLOT_STRIDE)
                     tl.store(k_scale_cache_ptr + s_base + kh * KS_HEAD_STRIDE, ks_t, mask=s_ok)
-                    ks = ks_t[:, None]
+                    k_inv = (1.0 / ks_t)[:, None]
                 if K_SCALE_MODE != 0:
-                    a_rot = a_rot / ks
-                    b_rot = b_rot / ks
-                    p = p / ks
+                    a_rot = a_rot * k_inv
+                    b_rot = b_rot * k_inv
+                    p = p * k_inv
                 _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
                             a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
                             key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
@@ -485,7 +491,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, EVICT_FIRST)  # V head
         slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
         if V_SCALE_MODE == 1 or V_SCALE_MODE == 2:
-            vs = tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
+            v_inv = 1.0 / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
         if V_NORM:
             xf = x.to(tl.float32)
             ss = tl.reduce(xf * xf, 1, tl.standard._sum_combine)  # masked lanes hold 0 (see _rms_scale)
@@ -511,9 +517,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 s_ok, s_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                           VS_LAYER_STRIDE, VS_BLOCK_STRIDE, VS_SLOT_STRIDE)
                 tl.store(v_scale_cache_ptr + s_base + vh * VS_HEAD_STRIDE, vs_t, mask=s_ok)
-                vs = vs_t[:, None]
+                v_inv = (1.0 / vs_t)[:, None]
             if V_SCALE_MODE != 0:
-                xf = xf / vs
+                xf = xf * v_inv
             _store_converted(vc_dst, xf, slot_ok[:, None] & d_mask, cache_dtype, V_MBITS, V_EMIN, V_MAXV,
                              V_SOFT_FP8, HW_CAST, EVICT_FIRST)
     else:

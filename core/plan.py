@@ -539,7 +539,7 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
         VC_LAYER_STRIDE=vls, VC_BLOCK_STRIDE=vbs, VC_SLOT_STRIDE=vss, VC_HEAD_STRIDE=vhs,
         BLOCK_SIZE=block_size, BLOCK_T=block_t, BLOCK_HALF=next_pow2(half),
         BLOCK_PASS=next_pow2(D - rotary_dim) if has_pass else 1, BLOCK_D=block_d,
-        HAS_PASS=has_pass, HW_CAST=target != "interpreter",
+        HAS_PASS=has_pass, HW_CAST=hw_cast(target),
         TOKENS_MULT16=T % 16 == 0, SLOTS_MULT16=slot_mapping.shape[0] % 16 == 0,
         EVICT_FIRST=evict_first(T, qkv.shape[1] * ITEMSIZE[in_dtype], target),
     )
@@ -587,6 +587,12 @@ def evict_first(num_tokens: int, qkv_row_bytes: int, target: str) -> bool:
     if _overrides["evict_first"] is not None:
         return _overrides["evict_first"]
     return EVICT_FIRST_MIN_BYTES <= num_tokens * qkv_row_bytes < EVICT_FIRST_MAX_BYTES
+
+
+def hw_cast(target: str) -> int:
+    """The kernel's HW_CAST: 0 the interpreter (casts truncate: round by arithmetic), 1 ROCm (casts round to
+    nearest-even), 2 CUDA (fp32 -> fp8 is ``cvt.rn.satfinite``: rounds and saturates)."""
+    return 0 if target == "interpreter" else 2 if target == "cuda" else 1
 
 
 def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32):
