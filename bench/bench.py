@@ -430,6 +430,17 @@ def jax_impls(shape, inp):
     return {"fused_jax": caller(fused), "unfused_jax": caller(chain)}
 
 
+def _write_result(out_dir, dev, copy_bw, aten_us, host, kernel_us, checks, rows, complete):
+    from fused_qkv.torch_api import native
+
+    result = dict(device=dev, copy_bandwidth_gbps=copy_bw, aten_op_host_us=aten_us, host_overhead_ratio=host,
+                  native_launcher=native.status(), kernel_us=kernel_us, oracle_check=checks, rows=rows,
+                  complete=complete)
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
 def run(shapes, tokens, out_dir, with_jax=True):
     import torch
 
@@ -479,12 +490,9 @@ def run(shapes, tokens, out_dir, with_jax=True):
                   f"{100 * nbytes / (f * 1e-6) / 1e9 / copy_bw:5.1f}% of copy", flush=True)
             del inp
             torch.cuda.empty_cache()
-    from fused_qkv.torch_api import native
-
-    result = dict(device=dev, copy_bandwidth_gbps=copy_bw, aten_op_host_us=aten_us, host_overhead_ratio=host,
-                  native_launcher=native.status(), kernel_us=kernel_us, oracle_check=checks, rows=rows)
-    with open(os.path.join(out_dir, "bench.json"), "w") as f:
-        json.dump(result, f, indent=1)
+            # written after every size, so a run stopped part-way keeps what it measured ("complete": false)
+            _write_result(out_dir, dev, copy_bw, aten_us, host, kernel_us, checks, rows, complete=False)
+    result = _write_result(out_dir, dev, copy_bw, aten_us, host, kernel_us, checks, rows, complete=True)
     print_table(result)
     plot(result, os.path.join(out_dir, "bench.png"))
     return result

@@ -154,14 +154,17 @@ def _dynamic_scale(amax, MAXV: tl.constexpr):
 
 
 @triton.jit
-def _head_scale(a, b, p, MAXV: tl.constexpr):
-    """The dynamic scale of a rotated head held as its three channel groups."""
-    return _dynamic_scale(tl.maximum(_row_amax(tl.maximum(tl.abs(a), tl.abs(b))), _row_amax(p)), MAXV)
+def _head_scale(a, b, p, r, MAXV: tl.constexpr):
+    """The dynamic scale of a head held as its three channel groups ``r * (a, b, p)`` (``r`` > 0: [BLOCK_T])."""
+    return _dynamic_scale(tl.maximum(_row_amax(tl.maximum(tl.abs(a), tl.abs(b))), _row_amax(p)) * r, MAXV)
 
 
 @triton.jit
-def _load_weight(w_ptr, offs, mask, offset):
-    return tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32) + offset
+def _load_weight(w_ptr, offs, mask, offset, HAS_W_OFFSET: tl.constexpr):
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_W_OFFSET:  # a runtime 0.0 would still cost an add per element
+        w = w + offset
+    return w
 
 
 @triton.jit
@@ -268,9 +271,10 @@ def _load_tables(cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64, tok_mask, 
 
 
 @triton.jit
-def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64,
-                    tok_mask, row_mask, num_table_rows, eps, norm_weight_offset, i, a_offs, b_offs, p_offs,
-                    half_mask, pass_mask, HAS_PASS: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_ROPE: tl.constexpr,
+def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, HAS_W_OFFSET: tl.constexpr, cos_ptr, sin_ptr,
+                    positions_ptr, offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps, norm_weight_offset,
+                    i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS: tl.constexpr, HAS_OFFSETS: tl.constexpr,
+                    HAS_ROPE: tl.constexpr,
                     MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr, MROPE_W: tl.constexpr,
                     HEAD_DIM: tl.constexpr, TABLE_STEP: tl.constexpr, POS_STRIDE: tl.constexpr,
                     POS_ROW_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr,
@@ -279,7 +283,9 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
                     TABLES_GIVEN: tl.constexpr):
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
     channel groups once, RMSNorm (if HAS_NORM), rotate (if HAS_ROPE) with the tables it loads, or with
-    ``c_given``/``s_given`` (TABLES_GIVEN: from ``_load_tables``). Returns fp32 (A, B, P) after RoPE."""
+    ``c_given``/``s_given`` (TABLES_GIVEN: from ``_load_tables``). Returns fp32 (A, B, P, r): the head after the
+    norm's weights and RoPE, and ``r`` [BLOCK_T], the norm's per-row factor, which the caller applies (rotation is
+    linear, so it commutes), folded with any scale into one multiply per element."""
     ld_half = row_mask & half_mask
     a = _load_once(src + a_offs, ld_half, EVICT)
     b = _load_once(src + b_offs, ld_half, EVICT)
@@ -297,10 +303,10 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
                                    HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
     if HAS_NORM:
         off = tl.cast(norm_weight_offset, tl.float32)
-        wa = _load_weight(w_ptr, a_offs, half_mask, off)
-        wb = _load_weight(w_ptr, b_offs, half_mask, off)
+        wa = _load_weight(w_ptr, a_offs, half_mask, off, HAS_W_OFFSET)
+        wb = _load_weight(w_ptr, b_offs, half_mask, off, HAS_W_OFFSET)
         if HAS_PASS:
-            wp = _load_weight(w_ptr, p_offs, pass_mask, off)
+            wp = _load_weight(w_ptr, p_offs, pass_mask, off, HAS_W_OFFSET)
     if HAS_ROPE and TABLES_GIVEN:
         c = c_given
         s = s_given
@@ -316,15 +322,17 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, cos_ptr, sin_ptr, positi
     a = a.to(tl.float32)
     b = b.to(tl.float32)
     if HAS_NORM:
-        r = _rms_scale(a, b, p, HEAD_DIM, eps)[:, None]
-        a = a * r * wa
-        b = b * r * wb
+        r = _rms_scale(a, b, p, HEAD_DIM, eps)
+        a = a * wa
+        b = b * wb
         if HAS_PASS:
-            p = p * r * wp
-    if HAS_ROPE:
-        return a * c - b * s, b * c + a * s, p
+            p = p * wp
     else:
-        return a, b, p
+        r = tl.full([BLOCK_T], 1.0, tl.float32)  # multiplies by it fold away
+    if HAS_ROPE:
+        return a * c - b * s, b * c + a * s, p, r
+    else:
+        return a, b, p, r
 
 
 @triton.jit
@@ -352,7 +360,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     NUM_Q_PROGS: tl.constexpr,
     Q_HEAD_STRIDE: tl.constexpr,  # qkv columns between consecutive Q heads (D, or 2D interleaved)
     GATE_COL0: tl.constexpr, GATE_HEAD_STRIDE: tl.constexpr, K_COL0: tl.constexpr, V_COL0: tl.constexpr,
-    HAS_Q_NORM: tl.constexpr, HAS_K_NORM: tl.constexpr, HAS_OFFSETS: tl.constexpr, HAS_LAYER: tl.constexpr,
+    HAS_Q_NORM: tl.constexpr, HAS_K_NORM: tl.constexpr,
+    HAS_W_OFFSET: tl.constexpr,  # norm_weight_offset != 0
+    HAS_OFFSETS: tl.constexpr, HAS_LAYER: tl.constexpr,
     HAS_GATE: tl.constexpr, RETURN_KV: tl.constexpr,
     K_SCALE_MODE: tl.constexpr, V_SCALE_MODE: tl.constexpr,  # 0 none, 1 per tensor, 2 per KV head, 3 scale cache
     Q_SCALE_MODE: tl.constexpr,  # 0: q in the input dtype; fp8 q: 1 static scale, 2 dynamic per token and head
@@ -429,27 +439,30 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
             c_grp = 0.0
             s_grp = 0.0
         if head < NUM_Q_PROGS:
-            if Q_SCALE_MODE == 1:  # scales are applied as one reciprocal (per row if dynamic) and a multiply
+            if Q_SCALE_MODE == 1:  # a scale is applied as a reciprocal folded into the norm's row factor
                 q_inv = 1.0 / tl.load(q_scale_ptr)
             for g in tl.static_range(HEAD_GROUP):
                 qh = head * HEAD_GROUP + g
-                a_rot, b_rot, p = _load_norm_rope(
-                    qkv_row + qh * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, cos_ptr, sin_ptr, positions_ptr,
-                    offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
+                a_rot, b_rot, p, r = _load_norm_rope(
+                    qkv_row + qh * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, HAS_W_OFFSET, cos_ptr, sin_ptr,
+                    positions_ptr, offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                     i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
                     MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
                     COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
                     HEAD_GROUP > 1)
                 q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + qh * HEAD_DIM)[:, None]
                 if Q_SCALE_MODE == 0:
-                    _store_head(q_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                                HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+                    f = r[:, None]
+                    _store_head(q_dst, row_mask, a_rot * f, b_rot * f, p * f, a_offs, b_offs, p_offs, half_mask,
+                                pass_mask, HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
                 else:
                     if Q_SCALE_MODE == 2:
-                        qs_t = _head_scale(a_rot, b_rot, p, Q_MAXV)
+                        qs_t = _head_scale(a_rot, b_rot, p, r, Q_MAXV)
                         tl.store(q_scales_ptr + tok64 * NUM_Q_HEADS + qh, qs_t, mask=tok_mask)
-                        q_inv = (1.0 / qs_t)[:, None]
-                    _store_head(q_dst, row_mask, a_rot * q_inv, b_rot * q_inv, p * q_inv, a_offs, b_offs, p_offs,
+                        f = (r / qs_t)[:, None]
+                    else:
+                        f = (r * q_inv)[:, None]
+                    _store_head(q_dst, row_mask, a_rot * f, b_rot * f, p * f, a_offs, b_offs, p_offs,
                                 half_mask, pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV,
                                 Q_SOFT_FP8, HW_CAST, EVICT_FIRST)
         else:
@@ -458,9 +471,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 kh = (head - NUM_Q_PROGS) * HEAD_GROUP + g
                 if K_SCALE_MODE == 1 or K_SCALE_MODE == 2:
                     k_inv = 1.0 / tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
-                a_rot, b_rot, p = _load_norm_rope(
-                    qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, cos_ptr, sin_ptr, positions_ptr,
-                    offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
+                a_rot, b_rot, p, r = _load_norm_rope(
+                    qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, HAS_W_OFFSET, cos_ptr, sin_ptr,
+                    positions_ptr, offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                     i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
                     MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
                     COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
@@ -469,20 +482,21 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                                                 KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
                 if RETURN_KV:
                     k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
-                    _store_head(k_dst, row_mask, a_rot, b_rot, p, a_offs, b_offs, p_offs, half_mask, pass_mask,
-                                HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
+                    f = r[:, None]
+                    _store_head(k_dst, row_mask, a_rot * f, b_rot * f, p * f, a_offs, b_offs, p_offs, half_mask,
+                                pass_mask, HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
                 cache_off = slot_base + kh * KC_HEAD_STRIDE
                 if K_SCALE_MODE == 3:  # per token and head: the scale goes to the scale cache at the same slot
-                    ks_t = _head_scale(a_rot, b_rot, p, K_MAXV)
+                    ks_t = _head_scale(a_rot, b_rot, p, r, K_MAXV)
                     s_ok, s_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                               KS_LAYER_STRIDE, KS_BLOCK_STRIDE, KS_SLOT_STRIDE)
                     tl.store(k_scale_cache_ptr + s_base + kh * KS_HEAD_STRIDE, ks_t, mask=s_ok)
-                    k_inv = (1.0 / ks_t)[:, None]
-                if K_SCALE_MODE != 0:
-                    a_rot = a_rot * k_inv
-                    b_rot = b_rot * k_inv
-                    p = p * k_inv
-                _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p,
+                    fc = (r / ks_t)[:, None]
+                elif K_SCALE_MODE != 0:
+                    fc = (r * k_inv)[:, None]
+                else:
+                    fc = r[:, None]
+                _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot * fc, b_rot * fc, p * fc,
                             a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
                             key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
     elif head < V_END:

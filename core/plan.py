@@ -521,6 +521,7 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
         _layout_constexprs(config, rotates, T), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
         HAS_ROPE=rotates, **_mrope_constexprs(config, positions if rotates else None), V_NORM=config.v_norm,
         HAS_Q_NORM=arrays["q_weight"] is not None, HAS_K_NORM=arrays["k_weight"] is not None,
+        HAS_W_OFFSET=config.norm_weight_offset != 0.0,
         HAS_OFFSETS=offsets is not None, HAS_LAYER=has_layer, HAS_GATE=config.attn_output_gate,
         RETURN_KV=config.return_kv, K_SCALE_MODE=scale_modes["k_scale"], V_SCALE_MODE=scale_modes["v_scale"],
         K_MBITS=k_mbits, K_EMIN=k_emin, K_MAXV=k_max, V_MBITS=v_mbits, V_EMIN=v_emin, V_MAXV=v_max,
