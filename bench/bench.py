@@ -661,13 +661,18 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shapes = sorted({r["shape"] for r in result["rows"]})
-    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
-    for ax, s in zip(axes[0], shapes, strict=True):
-        for impl in ["fused_torch", "fused_jax", "unfused_eager", "compiled_math", "unfused_jax"]:
+    shapes = sorted({r["shape"] for r in result["rows"]}, key=lambda s: (len(s), s))
+    cols = min(4, len(shapes))
+    nrows = -(-len(shapes) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(shapes):]:
+        ax.set_visible(False)
+    impls = ["fused_torch", "fused_jax", "fused_plain", "unfused_eager", "compiled_math", "unfused_jax"]
+    for ax, s in zip(axes.flat, shapes, strict=False):
+        for color, impl in enumerate(impls):
             pts = [(r["T"], r["gbps"]) for r in result["rows"] if r["shape"] == s and r["impl"] == impl]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
+                ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{color}", label=impl)
         pts = [(r["T"], r["gbps"]) for r in result["rows"] if r["shape"] == s and r["impl"] == "copy_same_bytes"]
         if pts:
             ax.plot(*zip(*pts, strict=True), color="k", ls=":", marker=".", label="one copy of the same bytes")
@@ -677,7 +682,7 @@ def plot(result, path):
         ax.set_xlabel("tokens T")
         ax.set_ylabel("achieved GB/s (minimal bytes / time)")
         ax.set_title(f"{s} on {result['device']}")
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
