@@ -171,16 +171,17 @@ def _load_weight(w_ptr, offs, mask, offset, HAS_W_OFFSET: tl.constexpr):
 def _store_head(
     base,  # [BLOCK_T, 1] pointers to channel 0 of the head
     row_mask,  # [BLOCK_T, 1]
-    a, b, p,
+    a, b, p,  # the head's three channel groups, stored times f
+    f,  # [BLOCK_T, 1] per-row factor: the norm's, folded with any scale
     a_offs, b_offs, p_offs, half_mask, pass_mask,
     HAS_PASS: tl.constexpr,
     OUT_DTYPE: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, MAXV: tl.constexpr, SOFT_FP8: tl.constexpr,
     HW_CAST: tl.constexpr, EVICT: tl.constexpr,
 ):
-    _store_converted(base + a_offs, a, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, EVICT)
-    _store_converted(base + b_offs, b, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, EVICT)
+    _store_converted(base + a_offs, a * f, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, EVICT)
+    _store_converted(base + b_offs, b * f, row_mask & half_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST, EVICT)
     if HAS_PASS:
-        _store_converted(base + p_offs, p, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST,
+        _store_converted(base + p_offs, p * f, row_mask & pass_mask, OUT_DTYPE, MBITS, EMIN, MAXV, SOFT_FP8, HW_CAST,
                          EVICT)
 
 
@@ -452,8 +453,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     HEAD_GROUP > 1)
                 q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + qh * HEAD_DIM)[:, None]
                 if Q_SCALE_MODE == 0:
-                    f = r[:, None]
-                    _store_head(q_dst, row_mask, a_rot * f, b_rot * f, p * f, a_offs, b_offs, p_offs, half_mask,
+                    _store_head(q_dst, row_mask, a_rot, b_rot, p, r[:, None], a_offs, b_offs, p_offs, half_mask,
                                 pass_mask, HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
                 else:
                     if Q_SCALE_MODE == 2:
@@ -462,7 +462,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                         f = (r / qs_t)[:, None]
                     else:
                         f = (r * q_inv)[:, None]
-                    _store_head(q_dst, row_mask, a_rot * f, b_rot * f, p * f, a_offs, b_offs, p_offs,
+                    _store_head(q_dst, row_mask, a_rot, b_rot, p, f, a_offs, b_offs, p_offs,
                                 half_mask, pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV,
                                 Q_SOFT_FP8, HW_CAST, EVICT_FIRST)
         else:
@@ -482,8 +482,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                                                 KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
                 if RETURN_KV:
                     k_dst = k_out_ptr + (tok64 * (NUM_KV_HEADS * HEAD_DIM) + kh * HEAD_DIM)[:, None]
-                    f = r[:, None]
-                    _store_head(k_dst, row_mask, a_rot * f, b_rot * f, p * f, a_offs, b_offs, p_offs, half_mask,
+                    _store_head(k_dst, row_mask, a_rot, b_rot, p, r[:, None], a_offs, b_offs, p_offs, half_mask,
                                 pass_mask, HAS_PASS, in_dtype, 0, 0, 0.0, False, HW_CAST, EVICT_FIRST)
                 cache_off = slot_base + kh * KC_HEAD_STRIDE
                 if K_SCALE_MODE == 3:  # per token and head: the scale goes to the scale cache at the same slot
@@ -496,7 +495,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     fc = (r * k_inv)[:, None]
                 else:
                     fc = r[:, None]
-                _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot * fc, b_rot * fc, p * fc,
+                _store_head(key_cache_ptr + cache_off[:, None], slot_ok[:, None], a_rot, b_rot, p, fc,
                             a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS,
                             key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
     elif head < V_END:
