@@ -17,7 +17,7 @@ Argument order (fixed; both frontends rely on it, see ``plan.INPUT_NAMES`` etc.)
 Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the
 token block ``pid // NUM_HEAD_PROGS`` and the entry ``pid % NUM_HEAD_PROGS`` of the
 combined list ``[Q head groups | K head groups | V heads | gate heads]``; a group is HEAD_GROUP heads (more than
-one only with mRoPE, ``plan.head_group``).
+one only with mRoPE or dynamic fp8 q on long batches, ``plan.head_group``).
 
 Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even. Compiled code uses
 the target's casts, which round to nearest-even (``HW_CAST`` 1 or 2); CUDA's saturate too (2), on ROCm the fp8
@@ -430,8 +430,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         # ---------------- Q or K head: RMSNorm + RoPE (+ cache write for K) ----------------
         # Every load that does not depend on loaded data is issued before the first use of any loaded value,
         # so a program waits for about two memory round trips (qkv/positions/weights/slot, then the table rows).
-        # HEAD_GROUP > 1 (mRoPE): the program's heads share one read of the tables (three rows per token)
-        if HEAD_GROUP > 1:
+        # HEAD_GROUP > 1: the program's heads share one read of the tables (three rows per token with mRoPE)
+        if HEAD_GROUP > 1 and HAS_ROPE:
             c_grp, s_grp = _load_tables(cos_ptr, sin_ptr, positions_ptr, offsets_ptr, tok64, tok_mask,
                                         num_table_rows, i, row_mask & half_mask, HAS_OFFSETS, MROPE, MROPE_T, MROPE_H,
                                         MROPE_W, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
@@ -442,6 +442,11 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         if head < NUM_Q_PROGS:
             if Q_SCALE_MODE == 1:  # a scale is applied as a reciprocal folded into the norm's row factor
                 q_inv = 1.0 / tl.load(q_scale_ptr)
+            if Q_SCALE_MODE == 2 and HEAD_GROUP > 1:
+                # the group's scales of a token are adjacent in q_scales: one [BLOCK_T, HEAD_GROUP] store after
+                # the loop, not HEAD_GROUP 4-byte stores 4 * NUM_Q_HEADS bytes apart
+                gcol = tl.arange(0, HEAD_GROUP)[None, :]
+                qs_grp = tl.full([BLOCK_T, HEAD_GROUP], 0.0, tl.float32)
             for g in tl.static_range(HEAD_GROUP):
                 qh = head * HEAD_GROUP + g
                 a_rot, b_rot, p, r = _load_norm_rope(
@@ -458,13 +463,19 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 else:
                     if Q_SCALE_MODE == 2:
                         qs_t = _head_scale(a_rot, b_rot, p, r, Q_MAXV)
-                        tl.store(q_scales_ptr + tok64 * NUM_Q_HEADS + qh, qs_t, mask=tok_mask)
+                        if HEAD_GROUP > 1:
+                            qs_grp = tl.where(gcol == g, qs_t[:, None], qs_grp)
+                        else:
+                            tl.store(q_scales_ptr + tok64 * NUM_Q_HEADS + qh, qs_t, mask=tok_mask)
                         f = (r / qs_t)[:, None]
                     else:
                         f = (r * q_inv)[:, None]
                     _store_head(q_dst, row_mask, a_rot, b_rot, p, f, a_offs, b_offs, p_offs,
                                 half_mask, pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV,
                                 Q_SOFT_FP8, HW_CAST, EVICT_FIRST)
+            if Q_SCALE_MODE == 2 and HEAD_GROUP > 1:
+                tl.store(q_scales_ptr + (tok64 * NUM_Q_HEADS + head * HEAD_GROUP)[:, None] + gcol, qs_grp,
+                         mask=row_mask)
         else:
             slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
             for g in tl.static_range(HEAD_GROUP):

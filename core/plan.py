@@ -451,14 +451,14 @@ def _fp8_constants(dtype: str):
     return (f.mbits, f.emin, f.max_finite) if f else (0, 0, 0.0)
 
 
-def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int) -> dict:
+def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool) -> dict:
     """Where each head's channels are in a qkv row, and the rotary pairing (NoPE: the NeoX split, unrotated)."""
     D, QH, KVH, half = config.head_dim, config.num_q_heads, config.num_kv_heads, config.rotary // 2
     gate_mult = 2 if config.attn_output_gate else 1
     interleaved = config.attn_output_gate and config.gated_qkv_layout == "interleaved"
     neox = config.is_neox or not rotates  # contiguous halves load as the widest vectors
     k_col0 = QH * gate_mult * D
-    group = head_group(config, rotates, num_tokens)
+    group = head_group(config, rotates, num_tokens, dynamic_q)
     return dict(
         NUM_Q_HEADS=QH, NUM_KV_HEADS=KVH, HEAD_DIM=D, HALF_ROT=half,
         PAIR_STEP=1 if neox else 2, PAIR_DELTA=half if neox else 1,
@@ -475,18 +475,31 @@ GROUP_MIN_TOKENS = 513
 # from here up to GROUP_WIDE_TOKENS, pairs of heads: more programs beat fewer table reads at T 4096-8192
 GROUP_PAIR_TOKENS = 4096
 GROUP_WIDE_TOKENS = 8193
+GROUP_DYNAMIC_Q_TOKENS = 4096  # from here, dynamic fp8 q: 4 heads per program
 
 
-def head_group(config: OpConfig, rotates: bool, num_tokens: int) -> int:
-    """Q and K heads per program. mRoPE reads three table rows per token, more than the qkv data of a head at
-    head_dim 128, so from GROUP_MIN_TOKENS tokens several heads (dividing both head counts) share one read of them:
-    4, except 2 for GROUP_PAIR_TOKENS <= T < GROUP_WIDE_TOKENS. Below GROUP_MIN_TOKENS the programs' parallelism
-    wins. The H200 sweep of S5 (tools/group_sweep.py, bench/results/group_sweep.json; docs/performance.md): heads
-    per program 1 / 2 / 4 / 8 take 9.6 / 7.9 / 7.3 / 9.0 us at T=1024, 34.8 / 32.9 / 33.4 / 34.9 at 4096,
-    66.6 / 62.6 / 62.6 / 64.1 at 8192 and 288.1 / 249.1 / 237.0 / 239.1 at 32768. 1 otherwise."""
-    if not rotates or config.mrope_section is None or num_tokens < GROUP_MIN_TOKENS:
+def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool = False) -> int:
+    """Q and K heads per program (a power of two dividing both head counts).
+
+    mRoPE reads three table rows per token, more than the qkv data of a head at head_dim 128, so from
+    GROUP_MIN_TOKENS tokens several heads share one read of them: 4, except 2 for GROUP_PAIR_TOKENS <= T <
+    GROUP_WIDE_TOKENS. Below GROUP_MIN_TOKENS the programs' parallelism wins. The H200 sweep of S5
+    (tools/group_sweep.py, bench/results/group_sweep.json; docs/performance.md): heads per program 1 / 2 / 4 / 8
+    take 9.6 / 7.9 / 7.3 / 9.0 us at T=1024, 34.8 / 32.9 / 33.4 / 34.9 at 4096, 66.6 / 62.6 / 62.6 / 64.1 at 8192
+    and 288.1 / 249.1 / 237.0 / 239.1 at 32768.
+
+    Dynamic fp8 q (``dynamic_q``) without mRoPE: 4 from GROUP_DYNAMIC_Q_TOKENS, so that a program stores four
+    adjacent q scales of each token, not one 4-byte store per (token, head) 4 * QH bytes from the next. The H200
+    sweep of S8 (bench/results/group_sweep_fp8.json): 1 / 2 / 4 / 8 heads take 29.3 / 29.1 / 29.2 / 31.5 us at
+    T=4096, 58.4 / 56.6 / 56.2 / 57.4 at 8192 and 238.2 / 215.3 / 205.3 / 205.0 at 32768. 1 otherwise."""
+    if rotates and config.mrope_section is not None:
+        if num_tokens < GROUP_MIN_TOKENS:
+            return 1
+        widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
+    elif dynamic_q and num_tokens >= GROUP_DYNAMIC_Q_TOKENS:
+        widest = 4
+    else:
         return 1
-    widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
     return next(g for g in (widest, 2, 1) if config.num_q_heads % g == 0 and config.num_kv_heads % g == 0)
 
 
@@ -518,7 +531,8 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     block_d = next_pow2(D)
     block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
     constexprs = dict(
-        _layout_constexprs(config, rotates, T), TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
+        _layout_constexprs(config, rotates, T, scale_modes["q_scale"] == 2),
+        TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
         HAS_ROPE=rotates, **_mrope_constexprs(config, positions if rotates else None), V_NORM=config.v_norm,
         HAS_Q_NORM=arrays["q_weight"] is not None, HAS_K_NORM=arrays["k_weight"] is not None,
         HAS_W_OFFSET=config.norm_weight_offset != 0.0,

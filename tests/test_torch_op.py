@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 from conftest import DEVICE, FP8_ON_DEVICE
-from helpers import Case, make_inputs, run_torch
+from helpers import Case, make_inputs, plan_for, run_torch
 
 C = Case
 CASES = [
@@ -114,6 +114,10 @@ CASES = [
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", mrope="contiguous", QH=6, KVH=2, D=32,
       T=520, block_size=16, num_blocks=33, slots="short"),  # 2 heads per Q/K program
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", T=1, D=128, QH=8, KVH=2),  # decode
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=8, KVH=4, D=32, T=4100, block_size=16,
+      num_blocks=257, slots="short", gate="blocked"),  # 4 heads per Q/K program, their q scales stored as one row
+    C(cache_dtype="float8_e4m3fn", scale_cache="k", q_fp8="dynamic", nope=True, QH=4, KVH=4, D=16, T=4096,
+      block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
 ]
 
@@ -149,6 +153,21 @@ def test_cases_cover_every_flag():
     assert seen["nope"] == seen["v_norm"] == seen["k_eq_v"] == {True, False}
     assert seen["q_fp8"] == {None, "static", "dynamic"} and seen["scale_cache"] == {"none", "k", "v", "kv"}
     assert seen["q_dtype"] == {"float8_e4m3fn", "float8_e4m3fnuz"}
+
+
+def test_head_groups_follow_the_plan_rule():
+    """Which calls rotate several heads per program (``plan.head_group``): mRoPE from 513 tokens, dynamic fp8 q from
+    4096; the group divides both head counts. The case list runs one of each (T=520 / T=4100)."""
+    dyn = C(cache_dtype="float8_e4m3fn", q_fp8="dynamic", QH=8, KVH=4, D=32, num_blocks=300, block_size=16)
+    for case, group in ((dataclasses.replace(dyn, T=4095), 1), (dataclasses.replace(dyn, T=4096), 4),
+                        (dataclasses.replace(dyn, T=4096, q_fp8="static"), 1),
+                        (dataclasses.replace(dyn, T=4096, KVH=2), 2),
+                        (dataclasses.replace(dyn, T=4096, QH=6, KVH=3), 1),
+                        (dataclasses.replace(dyn, T=4096, nope=True), 4),
+                        (C(mrope="contiguous", QH=6, KVH=2, D=32, T=520, num_blocks=40, block_size=16), 2)):
+        plan = plan_for(case)
+        assert plan.constexprs["HEAD_GROUP"] == group, case.id()
+        assert plan.constexprs["NUM_Q_PROGS"] == case.QH // group
 
 
 def test_mrope_with_equal_rows_is_plain_rope_bit_for_bit():

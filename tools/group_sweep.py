@@ -1,7 +1,8 @@
-"""Sweep the mRoPE head group (``plan.head_group``) and the tiles of the model-coverage shapes (S5, S6) against
+"""Sweep the head group (``plan.head_group``) and the tiles of the model-coverage and fp8 shapes (S5-S8) against
 the same shapes without their options, on the GPU, timed as ``fused-qkv bench`` times them (CUDA-graph replays).
 
-    python tools/group_sweep.py --out DIR [--tokens 1024,4096,8192,32768]
+    python tools/group_sweep.py --out DIR [--tokens 1024,4096,8192,32768] [--shapes S5,S6,S7,S8]
+        [--tiles all|default] [--groups auto|all]
 
 Writes DIR/group_sweep.json and prints the best choices per (shape, T) in % of the copy bandwidth measured first.
 """
@@ -30,6 +31,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--tokens", default="1024,4096,8192,32768")
     parser.add_argument("--shapes", default="S5,S6")
+    parser.add_argument("--tiles", default="all", choices=("all", "default"))
+    parser.add_argument("--groups", default="auto", choices=("auto", "all"),
+                        help="auto: groups for mRoPE and fp8-q shapes only; all: for every shape")
     args = parser.parse_args()
     copy_bw = bench.copy_bandwidth_gbps()
     print(f"copy bandwidth {copy_bw:.0f} GB/s", flush=True)
@@ -37,7 +41,9 @@ def main():
     found = []
     for sname in args.shapes.split(","):
         shape = bench.SHAPES[sname]
-        groups = (1, 2, 4, 8) if shape.get("mrope_section") else (1,)
+        # the shapes whose programs may rotate several heads: mRoPE (shared table rows), fp8 q (adjacent scales)
+        grouped = shape.get("mrope_section") or sname in ("S7", "S8") or args.groups == "all"
+        groups = [g for g in (1, 2, 4, 8) if shape["num_kv_heads"] % g == 0] if grouped else [1]
         for T in [int(t) for t in args.tokens.split(",")]:
             inp = bench.torch_inputs(shape, T)
             fns = bench.torch_impls(shape, inp)
@@ -46,11 +52,10 @@ def main():
             rows = []
             for variant in ("fused_torch", "fused_plain"):
                 for g in groups if variant == "fused_torch" else (1,):
-                    for tiles in TILES:
+                    for tiles in TILES if args.tiles == "all" else [None]:
                         if tiles and tiles[0] * plan.next_pow2(shape["head_dim"]) > 16384:
                             continue
-                        plan.head_group = (lambda c, r, n, g=g: g if c.mrope_section else 1) if g > 1 else (
-                            lambda c, r, n: 1)
+                        plan.head_group = lambda c, r, n, d=False, g=g: g
                         try:
                             if tiles:
                                 with plan.tile_override(*tiles):
@@ -77,9 +82,9 @@ def main():
                 print(f"   g={g} default tiles: {r[0]['us']:.1f}", flush=True)
             del inp, fns
             torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "group_sweep.json"), "w") as f:
-        json.dump(dict(copy_bandwidth_gbps=copy_bw, results=found), f, indent=1)
+            os.makedirs(args.out, exist_ok=True)  # after every size: a run cut short keeps what it measured
+            with open(os.path.join(args.out, "group_sweep.json"), "w") as f:
+                json.dump(dict(copy_bandwidth_gbps=copy_bw, results=found), f, indent=1)
 
 
 if __name__ == "__main__":
