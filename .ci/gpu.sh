@@ -3,6 +3,9 @@
 #   bash .ci/gpu.sh            the whole test suite on cuda + the demo
 #   bash .ci/gpu.sh tests 1|2  one half of it (1: tests/gpu, integration, test_[a-n]*; 2: the rest + the demo),
 #                              each under the device tool's 10-minute limit; both halves end with the AOT compiles
+#   bash .ci/gpu.sh tests par N
+#                              the whole suite but the AOT compiles (CI's job) in N pytest-xdist workers on the one
+#                              GPU (the pytest-xdist and execnet wheels carried in .whl/xd/), then the demo
 #   bash .ci/gpu.sh sanitize   compute-sanitizer memcheck over the oracle cases and fuzzed configurations,
 #                              then the JAX donation benchmark
 #   bash .ci/gpu.sh bench ARGS fused-qkv bench ARGS, results (table, JSON, PNG) under $OUT
@@ -21,7 +24,7 @@ mkdir -p "$OUT"
 # jax-triton, nbclient and ipykernel are not on the GPU image: carry their wheels (.whl/ and .whl/nb/, see
 # README) and install them beside the project.
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/nb/*.whl \
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/nb/*.whl $(ls .whl/xd/*.whl 2>/dev/null) \
     >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
@@ -75,14 +78,16 @@ if [ "$mode" = sanitize ]; then
   exit $rc
 fi
 part=${2:-all}
+log=pytest_cuda${2:+_part$2}.log
 case $part in
   all) files=(tests) ;;
   1) files=(tests/gpu tests/integration tests/test_[a-n]*.py tests/test_zz_aot.py) ;;
   2) files=(tests/test_[o-y]*.py tests/test_zz_aot.py) ;;
-  *) echo "usage: bash .ci/gpu.sh tests [1|2]"; exit 2 ;;
+  par) files=(tests/gpu tests/integration tests/test_[a-y]*.py -n "${3:-6}"); log=pytest_cuda_parallel.log ;;
+  *) echo "usage: bash .ci/gpu.sh tests [1|2|par N]"; exit 2 ;;
 esac
 FUSED_QKV_TEST_DEVICE=cuda PYTHONUNBUFFERED=1 python3 -m pytest -q -p no:cacheprovider "${files[@]}" -rf 2>&1 \
-  | tee "$OUT/pytest_cuda${2:+_part$2}.log" | tail -25 || rc=1
+  | tee "$OUT/$log" | tail -25 || rc=1
 if [ "$part" != 1 ]; then
   python3 -m fused_qkv.bench.cli demo --device cuda 2>&1 | tee "$OUT/demo_cuda.log" || rc=1
 fi

@@ -82,14 +82,15 @@ def _fake_cuda(monkeypatch):
 def _expected_params(checked_args, out):
     """What Triton's launcher passes the kernel for these arguments: every argument its signature does not make
     constexpr (tensors as data pointers, fp32 as bits), in order, then the two scratch pointers (null)."""
-    from fused_qkv.core import INPUT_NAMES, SCALAR_NAMES
+    from fused_qkv.core import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES
 
-    outs = iter([out.q, out.gate, out.k, out.v])
     first_out = len(INPUT_NAMES) + len(SCALAR_NAMES)
+    fresh = {first_out + OUTPUT_NAMES.index(n): getattr(out, n) for n in ("q", "gate", "k", "v", "q_scales")
+             if hasattr(out, n)}  # this call's new outputs
     values = []
     for i, a in enumerate(checked_args):
-        if first_out <= i < first_out + 4:  # q, gate, k, v: this call's new outputs
-            a = next(outs)
+        if i in fresh:
+            a = fresh[i]
         ty = _triton_type(a)
         if ty == "constexpr":
             continue
@@ -144,6 +145,74 @@ def test_native_path_passes_the_parameters_tritons_launcher_would(case, faked):
         before = [x.clone() for x in present]
         o.fill_(-3.0)
         assert all(torch.equal(x, b) for x, b in zip(present, before, strict=True) if x is not o)
+
+
+FP8_CASES = [
+    Case(T=5, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv", gate="interleaved"),
+    Case(T=16, q_fp8="static", cache_dtype="float8_e4m3fn", scale="tensor", layout="HND", index_dtype="int32"),
+    Case(T=3, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="k", scale="head", return_kv=False),
+    Case(T=4, cache_dtype="float8_e4m3fn", scale_cache="v", with_offsets=True),  # q in the input dtype
+]
+
+
+@pytest.mark.parametrize("case", FP8_CASES, ids=lambda c: c.id())
+def test_native_path_of_the_fp8_entry_point(case, faked):
+    """The fp8 entry point's repeat calls launch natively too: the parameters Triton's launcher would pass (q
+    scales, scale caches and the static q scale among them), outputs of their own dtypes (fp8 q, float32
+    q_scales) in one allocation, the fp8 result type."""
+    op = op_module.fused_qkv_split_qk_norm_rope_cache_fp8
+    args, kwargs = make_inputs(case)
+    op(**args, **kwargs)
+    assert len(faked.checked) == 1 and native.loaded().size() == 1
+    out = op(**args, **kwargs)
+    assert len(faked.checked) == 1 and not faked.compiled.python_launches, "the second call must be native"
+    assert type(out) is op_module.FusedQKVFp8Output
+    _, _, _, params = native.loaded().last_recorded()
+    assert list(params) == _expected_params(faked.checked[0], out)
+    for name in ("k_scale_cache", "v_scale_cache", "q_scale"):
+        if kwargs.get(name) is not None:
+            assert kwargs[name].data_ptr() in params
+    T, QH, D = case.T, case.QH, case.D
+    q_dtype = getattr(torch, case.q_dtype) if case.q_fp8 else args["qkv"].dtype
+    assert tuple(out.q.shape) == (T, QH, D) and out.q.dtype == q_dtype
+    if case.q_fp8 == "dynamic":
+        assert tuple(out.q_scales.shape) == (T, QH) and out.q_scales.dtype == torch.float32
+    else:
+        assert out.q_scales is None
+    assert (out.gate is None) == (case.gate is None) and (out.k is None) == (not case.return_kv)
+    present = [o for o in out if o is not None]
+    assert all(o.dtype == args["qkv"].dtype for o in (out.gate, out.k, out.v) if o is not None)
+    spans = sorted((o.data_ptr(), o.data_ptr() + o.numel() * o.element_size()) for o in present)
+    assert all(o.is_contiguous() and (o.data_ptr() - out.q.data_ptr()) % 256 == 0 for o in present)
+    assert all(end <= start for (_, end), (start, _) in zip(spans[:-1], spans[1:], strict=True))
+    assert {o.untyped_storage().data_ptr() for o in present} == {out.q.untyped_storage().data_ptr()}
+    if case.scale_cache == "none":  # the main entry point on the same tensors: another signature, checked first
+        faked.compiled = None  # (its own compiled kernel)
+        main_kwargs = {k: v for k, v in kwargs.items() if k not in ("q_dtype", "q_scale")}
+        for _ in range(2):
+            main_out = op_module.fused_qkv_split_qk_norm_rope_cache(**args, **main_kwargs)
+        assert len(faked.checked) == 2 and not faked.compiled.python_launches
+        assert type(main_out) is op_module.FusedQKVOutput and main_out.q.dtype == args["qkv"].dtype
+
+
+def test_fp8_scale_caches_that_meet_another_array_take_the_checked_path(faked):
+    """The scale caches are written: views of one buffer that are apart launch natively after the first call; the
+    same metadata with the two scale caches on the same memory goes to the checked path, which rejects it."""
+    op = op_module.fused_qkv_split_qk_norm_rope_cache_fp8
+    args, kwargs = make_inputs(Case(T=5, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv"))
+    shape = kwargs["k_scale_cache"].shape
+    n = kwargs["k_scale_cache"].numel()
+    buf = torch.rand(3 * n + 8)
+    apart = dict(kwargs, k_scale_cache=buf[:n].view(shape), v_scale_cache=buf[2 * n:3 * n].view(shape))
+    op(**args, **apart)
+    op(**args, **apart)
+    assert len(faked.checked) == 1 and not faked.compiled.python_launches
+    with pytest.raises(ValueError, match="v_scale_cache must not overlap k_scale_cache"):
+        op(**args, **dict(apart, v_scale_cache=buf[:n].view(shape)))
+    with pytest.raises(ValueError, match="v_scale_cache must not overlap k_scale_cache"):
+        op(**args, **dict(apart, v_scale_cache=buf[n // 2:n // 2 + n].view(shape)))
+    op(**args, **dict(apart, v_scale_cache=buf[n:2 * n].view(shape)))  # adjacent, apart: native again
+    assert len(faked.checked) == 1 and not faked.compiled.python_launches
 
 
 def test_native_path_sends_what_it_does_not_cover_to_the_checked_path(faked):
@@ -255,7 +324,8 @@ import torch
 from fused_qkv.torch_api import native
 module = native.load(warn=False)
 cfg = tuple([float(n) for n in range(3)])  # owned by the entry alone once this script drops it
-module.add(cfg, (torch.ones(4),) + (None,) * 11, (0,) * 6, ((4,), None, None, None), 0, 0, 0, 0, ())
+module.add(cfg, (torch.ones(4),) + (None,) * 11, (0,) * 6, ((4,), None, None, None), (torch.float32,) + (None,) * 3,
+           0, 0, 0, 0, ())
 del cfg
 assert module.size() == 1
 print("recorded")

@@ -11,7 +11,7 @@ they do not cover goes back to the checked path.
 from __future__ import annotations
 
 import torch
-from fused_qkv.core import INPUT_NAMES, SCALAR_NAMES, get_kernel
+from fused_qkv.core import ARRAY_NAMES, INPUT_NAMES, SCALAR_NAMES, get_kernel
 from fused_qkv.core.plan import PAIR_CODES, meeting_pairs
 from fused_qkv.torch_api import native as _native
 from triton import knobs
@@ -20,12 +20,13 @@ from triton.knobs import HookChain
 _COMPILED: dict = {}  # (plan, device, Triton's specialisation bits) -> (CompiledKernel, constexpr values, plan)
 _FAST: dict = {}  # eager fast path: call signature -> _FastLaunch
 _FAST_MAX = 512
-_result_type = tuple  # set by the op module: the public result type
+_result_type = tuple  # set by the op module: the public result types (main entry point, fp8 entry point)
+_fp8_result_type = tuple
 
 
-def set_result_type(cls) -> None:
-    global _result_type
-    _result_type = cls
+def set_result_type(cls, fp8_cls=tuple) -> None:
+    global _result_type, _fp8_result_type
+    _result_type, _fp8_result_type = cls, fp8_cls
 
 
 def specialisation_bits(args):
@@ -126,9 +127,10 @@ class _FastLaunch:
     not yet checked exactly."""
 
     __slots__ = ("spans", "ok_pairs", "outs", "device", "index", "scalars", "tail", "grid0", "run",
-                 "function", "packed_metadata", "native")
+                 "function", "packed_metadata", "native", "python")
 
-    def __init__(self, plan, device, compiled, constexpr_values, spans):
+    def __init__(self, plan, device, compiled, constexpr_values, spans, python=True):
+        self.python = python  # False: an fp8 entry-point signature, which only the native path launches
         self.spans = spans
         self.ok_pairs = frozenset()
         self.native = None  # (native module, generation, index) when the native path also has this signature
@@ -143,7 +145,7 @@ class _FastLaunch:
 
     def __call__(self, qkv, q_weight, k_weight, cos, sin, positions, kc, vc, slot_mapping, offsets, k_scale,
                  v_scale):
-        if torch._C._cuda_getDevice() != self.index or hooked():
+        if not self.python or torch._C._cuda_getDevice() != self.index or hooked():
             return None
         pq, pk, pv = qkv.data_ptr(), kc.data_ptr(), vc.data_ptr()
         (q0, q1), (k0, k1), (v0, v1) = self.spans
@@ -175,16 +177,19 @@ class _FastLaunch:
 def register(key, plan, tensors, values, compiled, constexpr_values, spans):
     """Record a validated, launched call signature for the fast paths: the Python one (``_FastLaunch``) and, where
     it is available, the native one (``native.cpp``). ``tensors``: the 12 tensors (or None) in ``FAST_PATH_ARRAYS``
-    order; ``values``: the configuration values as the public function passes them."""
+    order, or the fp8 entry point's 15 in ``ARRAY_NAMES`` order (native path only); ``values``: the configuration
+    values as the public function passes them."""
     qkv, kc, vc = tensors[0], tensors[6], tensors[7]
     entry = _FAST.get(key)
     if entry is None:
         if len(_FAST) >= _FAST_MAX:
             _FAST.clear()
-        entry = _FAST[key] = _FastLaunch(plan, qkv.device, compiled, constexpr_values, spans)
+        fp8 = len(tensors) == len(ARRAY_NAMES)
+        entry = _FAST[key] = _FastLaunch(plan, qkv.device, compiled, constexpr_values, spans, python=not fp8)
         module = _native.load()
         if module is not None:
-            module.set_result_type(_result_type)  # its calls return the public result type
+            module.set_result_type(_result_type)  # its calls return the public result types
+            module.set_result_type(_fp8_result_type, 5)
             entry.native = _native_register(module, plan, tensors, values, compiled, constexpr_values, spans)
     # the byte ranges of these pairs meet, and the exact check (in the checked path) found no shared element:
     # whether two arrays share an element depends on their pointers' difference only, so it is now known good
@@ -196,16 +201,19 @@ def register(key, plan, tensors, values, compiled, constexpr_values, spans):
                 entry.native[0].add_ok_pair(entry.native[1], entry.native[2], PAIR_CODES[name], diff)
 
 
-# kernel pointer arguments (plan.INPUT_NAMES order) -> index among the 12 tensors of a native call
+# kernel pointer arguments (plan.INPUT_NAMES order) -> index among the 12 (15: fp8 entry point) tensors of a native
+# call
 _NATIVE_TENSOR_INDEX = {"qkv": 0, "q_weight": 1, "k_weight": 2, "cos": 3, "sin": 4, "positions": 5, "offsets": 9,
                         "slot_mapping": 8, "k_scale": 10, "v_scale": 11, "layer": None, "key_cache_in": 6,
-                        "value_cache_in": 7, "q_scale": None, "k_scale_cache_in": None, "v_scale_cache_in": None}
+                        "value_cache_in": 7, "q_scale": 12, "k_scale_cache_in": 13, "v_scale_cache_in": 14}
 _NATIVE_SCALAR_KINDS = {"i32": 2, "i64": 3, "fp32": 4}
+_NATIVE_OUTPUTS = ("q", "gate", "k", "v", "q_scales")  # output index of a native call (q_scales: fp8 entry point)
 
 
 def native_params(compiled, plan, constexpr_values):
     """The compiled kernel's parameters in order, as (kind, value) for ``native.cpp``: kind 0 = pointer of one of
-    the 12 call tensors, 1 = pointer of output q/gate/k/v, 2/3/4 = i32/i64/fp32 value, 5 = null pointer. Mirrors
+    the 12 (15) call tensors, 1 = pointer of output q/gate/k/v(/q_scales), 2/3/4 = i32/i64/fp32 value, 5 = null
+    pointer. Mirrors
     Triton's launcher: parameters the compiled signature made constexpr are not passed, and two scratch pointers
     follow. None when the kernel needs anything the native launcher does not do (scratch memory, PDL, clusters)."""
     src, meta = getattr(compiled, "src", None), getattr(compiled, "metadata", None)
@@ -216,8 +224,10 @@ def native_params(compiled, plan, constexpr_values):
     sources = ([("tensor", _NATIVE_TENSOR_INDEX[n]) for n in INPUT_NAMES]
                + [("scalar", plan.scalars[n]) for n in SCALAR_NAMES]
                + [("output", i) if plan.out_shapes[n] is not None else ("tensor", None)
-                  for i, n in enumerate(("q", "gate", "k", "v"))]
-               + [("tensor", 6), ("tensor", 7)] + [("tensor", None)] * 3  # q_scales, k/v scale caches: never
+                  for i, n in enumerate(_NATIVE_OUTPUTS[:4])]
+               + [("tensor", 6), ("tensor", 7)]
+               + [("output", 4) if plan.out_shapes["q_scales"] is not None else ("tensor", None)]
+               + [("tensor", 13), ("tensor", 14)]  # the scale caches (absent: None, a constexpr)
                + [("constexpr", v) for v in constexpr_values])
     types = list(src.signature.values())
     if len(types) != len(sources):
@@ -240,11 +250,24 @@ def _native_register(module, plan, tensors, values, compiled, constexpr_values, 
     params = native_params(compiled, plan, constexpr_values)
     if params is None:
         return None
-    (q0, q1), (k0, k1), (v0, v1) = spans
-    outs = tuple(None if plan.out_shapes[n] is None else tuple(plan.out_shapes[n][0]) for n in ("q", "gate", "k", "v"))
-    generation, index = module.add(values, tuple(tensors), (q0, q1, k0, k1, v0, v1), outs, int(compiled.function),
+    names = _NATIVE_OUTPUTS if len(tensors) == len(ARRAY_NAMES) else _NATIVE_OUTPUTS[:4]
+    flat = [b for span in spans for b in span]
+    if len(names) == 5:  # the scale caches' byte ranges, for the native path's overlap check
+        flat += [b for t in tensors[13:] for b in (_byte_extent(t) if t is not None else (0, 0))]
+    outs = tuple(None if plan.out_shapes[n] is None else tuple(plan.out_shapes[n][0]) for n in names)
+    dtypes = tuple(None if plan.out_shapes[n] is None else getattr(torch, plan.out_shapes[n][1]) for n in names)
+    generation, index = module.add(values, tuple(tensors), tuple(flat), outs, dtypes, int(compiled.function),
                                    plan.grid[0], 32 * compiled.metadata.num_warps, compiled.metadata.shared, params)
     return module, generation, index
+
+
+def _byte_extent(t):
+    """[lo, hi) byte offsets from ``t``'s data pointer that its elements occupy (as ``ArrayInfo.byte_extent``)."""
+    if t.numel() == 0:
+        return 0, 0
+    lo = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s < 0)
+    hi = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s > 0) + 1
+    return lo * t.element_size(), hi * t.element_size()
 
 
 def clear() -> None:

@@ -21,15 +21,19 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
+#include <torch/csrc/Dtype.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 namespace {
 
-// argument order of `call` after the configuration tuple (and of the tensors given to `add`)
-constexpr int kTensors = 12;  // qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache,
-                              // slot_mapping, offsets, k_scale, v_scale
-constexpr int kQkv = 0, kKeyCache = 6, kValueCache = 7;
-constexpr int kOutputs = 4;   // q, gate, k, v
+// argument order of `call` after the configuration tuple (and of the tensors given to `add`): the main entry
+// point's 12, or the fp8 entry point's 15
+constexpr int kMainTensors = 12;  // qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache,
+                                  // slot_mapping, offsets, k_scale, v_scale
+constexpr int kTensors = 15;      // ... then q_scale, k_scale_cache, v_scale_cache
+constexpr int kQkv = 0, kKeyCache = 6, kValueCache = 7, kKScaleCache = 13, kVScaleCache = 14;
+constexpr int kMainOutputs = 4;   // q, gate, k, v
+constexpr int kOutputs = 5;       // ... then q_scales (the fp8 entry point)
 constexpr int kMaxParams = 64;
 constexpr size_t kMaxEntries = 512;
 
@@ -44,13 +48,16 @@ struct TensorSpec {
 
 struct Entry {
   PyObject* cfg = nullptr;  // owned reference: the configuration values, compared by type and value
+  int n_tensors = kMainTensors, n_outputs = kMainOutputs;  // the main entry point's, or the fp8 one's
   TensorSpec tensors[kTensors];
-  int64_t spans[6] = {0, 0, 0, 0, 0, 0};  // byte ranges of qkv, key cache, value cache around their data pointers
+  // byte ranges around their data pointers of qkv, key cache, value cache, key and value scale caches
+  int64_t spans[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   std::vector<std::pair<int, int64_t>> ok_pairs;  // (pair, pointer difference) checked exactly by the Python path
-  bool out_present[kOutputs] = {false, false, false, false};
+  bool out_present[kOutputs] = {false, false, false, false, false};
+  c10::ScalarType out_dtype[kOutputs] = {};
   std::vector<int64_t> out_shape[kOutputs], out_strides[kOutputs];  // contiguous
-  int64_t out_offset[kOutputs] = {0, 0, 0, 0};  // elements into the one allocation of all outputs
-  int64_t out_total = 0;                          // elements of that allocation
+  int64_t out_offset[kOutputs] = {0, 0, 0, 0, 0};  // bytes into the one allocation of all outputs
+  int64_t out_total = 0;                             // bytes of that allocation
   c10::Device device{c10::kCPU};
   uintptr_t function = 0;
   unsigned grid0 = 0, block = 0, shared = 0;
@@ -63,7 +70,8 @@ struct Entry {
 // finalised (releasing it then aborts the process). `clear` empties it while Python is alive.
 std::vector<std::unique_ptr<Entry>>& g_entries = *new std::vector<std::unique_ptr<Entry>>();
 long long g_generation = 0;  // counts clears: an (generation, index) handle from `add` names one entry
-PyTypeObject* g_result_type = nullptr;  // owned: the tuple subclass `call` returns (set_result_type), or a tuple
+// owned: the tuple subclasses `call` returns for 4 and 5 outputs (set_result_type), or null for plain tuples
+PyTypeObject* g_result_type[2] = {nullptr, nullptr};
 
 // CPU entries exist only in tests: their launch is recorded here instead of run
 struct Recorded {
@@ -149,17 +157,19 @@ PyObject* wrap_or_none(const at::Tensor* t) {
 }
 
 // call(cfg, qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale,
-//      v_scale) -> (q, gate, k, v) with None for absent outputs, or None: not recorded / not covered here
+//      v_scale[, q_scale, k_scale_cache, v_scale_cache]) -> (q, gate, k, v[, q_scales]) with None for absent
+//      outputs, or None: not recorded / not covered here
 PyObject* native_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 1 + kTensors) {
-    PyErr_SetString(PyExc_TypeError, "fused_qkv native call: expected a configuration and 12 tensors or None");
+  if (nargs != 1 + kMainTensors && nargs != 1 + kTensors) {
+    PyErr_SetString(PyExc_TypeError, "fused_qkv native call: expected a configuration and 12 or 15 tensors or None");
     return nullptr;
   }
+  const int n_tensors = static_cast<int>(nargs - 1);
   // a dispatch or torch-function mode observes calls: the Python path goes through the registered op
   if (c10::impl::TorchDispatchModeTLS::stack_len() > 0 || at::impl::torch_function_mode_enabled()) Py_RETURN_NONE;
   try {
-    const at::Tensor* t[kTensors];
-    for (int i = 0; i < kTensors; ++i) {
+    const at::Tensor* t[kTensors] = {};
+    for (int i = 0; i < n_tensors; ++i) {
       PyObject* obj = args[1 + i];
       if (obj == Py_None) {
         t[i] = nullptr;
@@ -170,13 +180,13 @@ PyObject* native_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (!plain(*t[i])) Py_RETURN_NONE;
     }
     if (t[kQkv] == nullptr || t[kKeyCache] == nullptr || t[kValueCache] == nullptr) Py_RETURN_NONE;
-    if (t[kQkv]->requires_grad() || t[kKeyCache]->requires_grad() || t[kValueCache]->requires_grad())
-      Py_RETURN_NONE;
+    for (int i : {kQkv, kKeyCache, kValueCache, kKScaleCache, kVScaleCache})
+      if (t[i] != nullptr && t[i]->requires_grad()) Py_RETURN_NONE;
 
     const Entry* entry = nullptr;
     for (const auto& e : g_entries) {
-      bool ok = true;
-      for (int i = 0; i < kTensors && ok; ++i) ok = matches(e->tensors[i], t[i]);
+      bool ok = e->n_tensors == n_tensors;
+      for (int i = 0; i < n_tensors && ok; ++i) ok = matches(e->tensors[i], t[i]);
       if (ok && same_config(e->cfg, args[0])) {
         entry = e.get();
         break;
@@ -205,20 +215,32 @@ PyObject* native_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (meets(pk, s[2], s[3], pv, s[4], s[5]) && !pair_ok(*entry, 0, pv - pk)) Py_RETURN_NONE;
     if (meets(pq, s[0], s[1], pk, s[2], s[3]) && !pair_ok(*entry, 1, pk - pq)) Py_RETURN_NONE;
     if (meets(pq, s[0], s[1], pv, s[4], s[5]) && !pair_ok(*entry, 2, pv - pq)) Py_RETURN_NONE;
+    // the scale caches are written too: any meeting with qkv, a cache or each other goes to the checked path
+    const int64_t where[5] = {pq, pk, pv, static_cast<int64_t>(ptr[kKScaleCache]),
+                              static_cast<int64_t>(ptr[kVScaleCache])};
+    for (int a = 3; a < 5; ++a) {
+      if (t[a == 3 ? kKScaleCache : kVScaleCache] == nullptr) continue;
+      for (int b = 0; b < 5; ++b) {
+        if (b == a || (b >= 3 && t[b == 3 ? kKScaleCache : kVScaleCache] == nullptr)) continue;
+        if (meets(where[a], s[2 * a], s[2 * a + 1], where[b], s[2 * b], s[2 * b + 1])) Py_RETURN_NONE;
+      }
+    }
 
-    // One allocation holds every output (each contiguous, 256-byte aligned); each output is a tensor of its own
-    // on that storage, made without the dispatcher (S2, four outputs: 1.82 -> 1.26 us of host time per call).
-    const at::Tensor buf = at::empty({entry->out_total}, t[kQkv]->options());
+    // One allocation holds every output (each contiguous, 256-byte aligned, of its own dtype); each output is a
+    // tensor of its own on that storage, made without the dispatcher (S2, four outputs: 1.82 -> 1.26 us of host
+    // time per call).
+    const at::Tensor buf = at::empty({entry->out_total}, t[kQkv]->options().dtype(at::kByte));
     const uint64_t base = reinterpret_cast<uint64_t>(buf.data_ptr());
-    const int64_t item = static_cast<int64_t>(buf.itemsize());
     at::Tensor out[kOutputs];
-    uint64_t out_ptr[kOutputs] = {0, 0, 0, 0};
-    for (int j = 0; j < kOutputs; ++j) {
+    uint64_t out_ptr[kOutputs] = {0, 0, 0, 0, 0};
+    for (int j = 0; j < entry->n_outputs; ++j) {
       if (!entry->out_present[j]) continue;
-      auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(buf.storage()), buf.key_set(), buf.dtype());
-      impl->set_sizes_and_strides(entry->out_shape[j], entry->out_strides[j], entry->out_offset[j]);
+      const caffe2::TypeMeta meta = caffe2::TypeMeta::fromScalarType(entry->out_dtype[j]);
+      auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(buf.storage()), buf.key_set(), meta);
+      impl->set_sizes_and_strides(entry->out_shape[j], entry->out_strides[j],
+                                  entry->out_offset[j] / static_cast<int64_t>(meta.itemsize()));
       out[j] = at::Tensor(std::move(impl));
-      out_ptr[j] = base + static_cast<uint64_t>(entry->out_offset[j] * item);
+      out_ptr[j] = base + static_cast<uint64_t>(entry->out_offset[j]);
     }
 
     const size_t n = entry->params.size();
@@ -254,12 +276,12 @@ PyObject* native_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         g_recorded.params.assign(vals, vals + n);
       }
     }
-    // an instance of the result type (a 4-field tuple subclass: allocated as tuple.__new__ does, without the
-    // Python-level __new__ of a namedtuple), or a plain tuple
-    PyObject* result = g_result_type != nullptr ? g_result_type->tp_alloc(g_result_type, kOutputs)
-                                                : PyTuple_New(kOutputs);
+    // an instance of the result type (a 4- or 5-field tuple subclass: allocated as tuple.__new__ does, without
+    // the Python-level __new__ of a namedtuple), or a plain tuple
+    PyTypeObject* type = g_result_type[entry->n_outputs == kOutputs];
+    PyObject* result = type != nullptr ? type->tp_alloc(type, entry->n_outputs) : PyTuple_New(entry->n_outputs);
     if (result == nullptr) return nullptr;
-    for (int j = 0; j < kOutputs; ++j) {
+    for (int j = 0; j < entry->n_outputs; ++j) {
       PyObject* o = wrap_or_none(entry->out_present[j] ? &out[j] : nullptr);
       if (o == nullptr) {
         Py_DECREF(result);
@@ -290,23 +312,33 @@ bool int_list(PyObject* seq, std::vector<int64_t>& out) {
   return true;
 }
 
-// add(cfg, tensors, spans, out_shapes, function, grid0, block, shared, params) -> (generation, index)
-// tensors: the 12 tensors (or None) of a call the Python path validated; their metadata is recorded.
-// params: ((kind, value), ...) in kernel parameter order; value: argument index, output index, int or float.
+// add(cfg, tensors, spans, out_shapes, out_dtypes, function, grid0, block, shared, params) -> (generation, index)
+// tensors: the 12 tensors (or None) of a main-entry call the Python path validated, or the 15 of an fp8-entry
+// call; their metadata is recorded. spans: 6 or 10 byte offsets (qkv, caches[, scale caches]); out_shapes and
+// out_dtypes (torch dtypes): 4 or 5, None where absent. params: ((kind, value), ...) in kernel parameter order;
+// value: argument index, output index, int or float.
 PyObject* native_add(PyObject*, PyObject* args) {
-  PyObject *cfg, *tensors, *spans, *out_shapes, *params;
+  PyObject *cfg, *tensors, *spans, *out_shapes, *out_dtypes, *params;
   unsigned long long function;
   unsigned grid0, block, shared;
-  if (!PyArg_ParseTuple(args, "O!O!O!O!KIIIO!", &PyTuple_Type, &cfg, &PyTuple_Type, &tensors, &PyTuple_Type, &spans,
-                        &PyTuple_Type, &out_shapes, &function, &grid0, &block, &shared, &PyTuple_Type, &params))
+  if (!PyArg_ParseTuple(args, "O!O!O!O!O!KIIIO!", &PyTuple_Type, &cfg, &PyTuple_Type, &tensors, &PyTuple_Type,
+                        &spans, &PyTuple_Type, &out_shapes, &PyTuple_Type, &out_dtypes, &function, &grid0, &block,
+                        &shared, &PyTuple_Type, &params))
     return nullptr;
-  if (PyTuple_GET_SIZE(tensors) != kTensors || PyTuple_GET_SIZE(spans) != 6 ||
-      PyTuple_GET_SIZE(out_shapes) != kOutputs || PyTuple_GET_SIZE(params) > kMaxParams) {
-    PyErr_SetString(PyExc_ValueError, "fused_qkv native add: wrong number of tensors, spans, outputs or params");
+  const Py_ssize_t n_tensors = PyTuple_GET_SIZE(tensors);
+  const bool fp8 = n_tensors == kTensors;
+  const int n_outputs = fp8 ? kOutputs : kMainOutputs;
+  if ((n_tensors != kMainTensors && !fp8) || PyTuple_GET_SIZE(spans) != (fp8 ? 10 : 6) ||
+      PyTuple_GET_SIZE(out_shapes) != n_outputs || PyTuple_GET_SIZE(out_dtypes) != n_outputs ||
+      PyTuple_GET_SIZE(params) > kMaxParams) {
+    PyErr_SetString(PyExc_ValueError,
+                    "fused_qkv native add: wrong number of tensors, spans, outputs, output dtypes or params");
     return nullptr;
   }
   auto e = std::make_unique<Entry>();
-  for (int i = 0; i < kTensors; ++i) {
+  e->n_tensors = static_cast<int>(n_tensors);
+  e->n_outputs = n_outputs;
+  for (int i = 0; i < e->n_tensors; ++i) {
     PyObject* obj = PyTuple_GET_ITEM(tensors, i);
     if (obj == Py_None) continue;
     if (!THPVariable_Check(obj)) {
@@ -326,16 +358,20 @@ PyObject* native_add(PyObject*, PyObject* args) {
     return nullptr;
   }
   e->device = e->tensors[kQkv].device;
-  for (int i = 0; i < 6; ++i) {
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(spans); ++i) {
     e->spans[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(spans, i));
     if (PyErr_Occurred()) return nullptr;
   }
-  const int64_t item = static_cast<int64_t>(c10::elementSize(e->tensors[kQkv].dtype));
-  const int64_t align = 256 / item;  // elements
-  for (int j = 0; j < kOutputs; ++j) {
+  for (int j = 0; j < n_outputs; ++j) {
     PyObject* shape = PyTuple_GET_ITEM(out_shapes, j);
+    PyObject* dtype = PyTuple_GET_ITEM(out_dtypes, j);
     e->out_present[j] = shape != Py_None;
     if (!e->out_present[j]) continue;
+    if (!THPDtype_Check(dtype)) {
+      PyErr_Format(PyExc_TypeError, "fused_qkv native add: output %d needs a torch.dtype", j);
+      return nullptr;
+    }
+    e->out_dtype[j] = reinterpret_cast<THPDtype*>(dtype)->scalar_type;
     if (!int_list(shape, e->out_shape[j])) return nullptr;
     std::vector<int64_t>& st = e->out_strides[j];
     st.assign(e->out_shape[j].size(), 1);
@@ -344,8 +380,8 @@ PyObject* native_add(PyObject*, PyObject* args) {
       st[d] = numel;
       numel *= e->out_shape[j][d];
     }
-    e->out_offset[j] = (e->out_total + align - 1) / align * align;
-    e->out_total = e->out_offset[j] + numel;
+    e->out_offset[j] = (e->out_total + 255) / 256 * 256;
+    e->out_total = e->out_offset[j] + numel * static_cast<int64_t>(c10::elementSize(e->out_dtype[j]));
   }
   for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(params); ++k) {
     int kind;
@@ -369,7 +405,8 @@ PyObject* native_add(PyObject*, PyObject* args) {
     } else if (kind == kI64 || kind == kTensorPtr || kind == kOutputPtr || kind == kNullPtr) {
       long long v = value == Py_None ? 0 : PyLong_AsLongLong(value);
       if (PyErr_Occurred()) return nullptr;
-      if ((kind == kTensorPtr && (v < 0 || v >= kTensors)) || (kind == kOutputPtr && (v < 0 || v >= kOutputs)) ||
+      if ((kind == kTensorPtr && (v < 0 || v >= e->n_tensors)) ||
+          (kind == kOutputPtr && (v < 0 || v >= e->n_outputs)) ||
           (kind == kTensorPtr && !e->tensors[v].present) || (kind == kOutputPtr && !e->out_present[v])) {
         PyErr_SetString(PyExc_ValueError, "fused_qkv native add: pointer parameter names an absent tensor");
         return nullptr;
@@ -416,16 +453,23 @@ PyObject* native_clear(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
-// set_result_type(cls): `call` returns instances of cls, a subclass of tuple with no instance dictionary (a
-// NamedTuple of 4 fields), instead of plain tuples.
-PyObject* native_set_result_type(PyObject*, PyObject* cls) {
+// set_result_type(cls, n=4): calls of n outputs (4: the main entry point, 5: the fp8 one) return instances of
+// cls, a subclass of tuple with no instance dictionary (a NamedTuple of n fields), instead of plain tuples.
+PyObject* native_set_result_type(PyObject*, PyObject* args) {
+  PyObject* cls;
+  int n = kMainOutputs;
+  if (!PyArg_ParseTuple(args, "O|i", &cls, &n)) return nullptr;
   if (!PyType_Check(cls) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(cls), &PyTuple_Type) ||
       reinterpret_cast<PyTypeObject*>(cls)->tp_dictoffset != 0) {
     PyErr_SetString(PyExc_TypeError, "fused_qkv native set_result_type: expected a tuple subclass without __dict__");
     return nullptr;
   }
+  if (n != kMainOutputs && n != kOutputs) {
+    PyErr_SetString(PyExc_ValueError, "fused_qkv native set_result_type: n must be 4 or 5");
+    return nullptr;
+  }
   Py_INCREF(cls);
-  Py_XSETREF(g_result_type, reinterpret_cast<PyTypeObject*>(cls));
+  Py_XSETREF(g_result_type[n == kOutputs], reinterpret_cast<PyTypeObject*>(cls));
   Py_RETURN_NONE;
 }
 
@@ -447,7 +491,8 @@ PyMethodDef kMethods[] = {
     {"add", native_add, METH_VARARGS, "Record a validated call signature."},
     {"add_ok_pair", native_add_ok_pair, METH_VARARGS, "Accept a checked pointer difference of two meeting arrays."},
     {"clear", native_clear, METH_NOARGS, "Forget every recorded call signature."},
-    {"set_result_type", native_set_result_type, METH_O, "Return instances of this tuple subclass from call."},
+    {"set_result_type", native_set_result_type, METH_VARARGS,
+     "Return instances of this tuple subclass from calls of n (4 or 5) outputs."},
     {"size", native_size, METH_NOARGS, "Number of recorded call signatures."},
     {"last_recorded", native_last_recorded, METH_NOARGS, "The last recorded CPU launch (tests)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -55,9 +55,6 @@ class FusedQKVOutput(NamedTuple):
     v: Optional[torch.Tensor]
 
 
-fast_path.set_result_type(FusedQKVOutput)
-
-
 class FusedQKVFp8Output(NamedTuple):
     """Outputs of :func:`fused_qkv_split_qk_norm_rope_cache_fp8`: those of :class:`FusedQKVOutput`, with
 
@@ -73,6 +70,8 @@ class FusedQKVFp8Output(NamedTuple):
     v: Optional[torch.Tensor]
     q_scales: Optional[torch.Tensor]
 
+
+fast_path.set_result_type(FusedQKVOutput, FusedQKVFp8Output)
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
@@ -185,7 +184,7 @@ def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record
     """The op's implementation: plan (cached), allocate, launch. Called by the registered op, and directly by the
     public function for plain eager calls (the dispatcher's Python custom-op path costs far more host time than
     the launch itself). ``record``: ``(key, values)`` to record this call signature for the fast paths once it has
-    launched with aligned pointers."""
+    launched with aligned pointers (the fp8 entry point's, ``fields`` its result fields: for the native path)."""
     tensors = _layer_selected(tensors, layer)
     plan, target, spans = _cached_plan(tensors, config)
     qkv = tensors["qkv"]
@@ -206,7 +205,8 @@ def _launch(tensors: dict, config: OpConfig, layer, *, placeholders=True, record
         else:
             compiled, constexpr_values, aligned = fast_path.launch_compiled(plan, args, qkv.device.index)
             if record is not None and aligned and target == "cuda":
-                fast_path.register(record[0], plan, tuple(tensors[n] for n in FAST_PATH_ARRAYS), record[1], compiled,
+                names = ARRAY_NAMES if fields == _FP8_RESULT_FIELDS else FAST_PATH_ARRAYS
+                fast_path.register(record[0], plan, tuple(tensors.get(n) for n in names), record[1], compiled,
                                    constexpr_values, spans)
     if not placeholders:  # the eager paths: absent outputs stay None
         return tuple(outs[n] for n in fields)
@@ -313,7 +313,8 @@ def _check_indices_on_host(tensors: dict, config: OpConfig, layer):
 
 def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record, fp8: bool = False):
     """The checked path: validate the configuration and the arguments, then launch directly (plain eager calls)
-    or through the registered op (``fp8``: the fp8 entry point's op, never recorded for the fast paths)."""
+    or through the registered op (``fp8``: the fp8 entry point's op; its signatures are recorded for the native
+    path only)."""
     # dynamo would trace the memo's dict and fail to guard on its key: under torch.compile, validate directly
     config = OpConfig(*values) if torch.compiler.is_compiling() else config_from_values(values)
     for name in ARRAY_NAMES:
@@ -325,7 +326,7 @@ def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record, f
     if checking:
         _check_indices_on_host(tensors, config, layer)
     if fp8:
-        return _fp8_call(tensors, config, layer)
+        return _fp8_call(tensors, config, layer, record)
     if fast_path.plain_eager(tensors["qkv"], tensors["key_cache"], tensors["value_cache"]):
         q, gate, k, v = _launch(tensors, config, layer, placeholders=False, record=record)
     else:
@@ -340,11 +341,12 @@ def _checked_call(tensors: dict, values: tuple, layer, checking: bool, record, f
                           v if config.return_kv else None)
 
 
-def _fp8_call(tensors: dict, config: OpConfig, layer) -> FusedQKVFp8Output:
+def _fp8_call(tensors: dict, config: OpConfig, layer, record) -> FusedQKVFp8Output:
     t, c = tensors, config
     if fast_path.plain_eager(*(x for x in (t["qkv"], t["key_cache"], t["value_cache"], t["k_scale_cache"],
                                           t["v_scale_cache"]) if x is not None)):
-        q, gate, k, v, q_scales = _launch(tensors, config, layer, placeholders=False, fields=_FP8_RESULT_FIELDS)
+        q, gate, k, v, q_scales = _launch(tensors, config, layer, placeholders=False, record=record,
+                                          fields=_FP8_RESULT_FIELDS)
     else:
         q, gate, k, v, q_scales = torch.ops.fused_qkv.split_qk_norm_rope_cache_fp8(
             t["qkv"], t["q_weight"], t["k_weight"], t["cos"], t["sin"], t["positions"], t["key_cache"],
@@ -551,9 +553,10 @@ def fused_qkv_split_qk_norm_rope_cache_fp8(
         :class:`FusedQKVFp8Output` ``(q, gate, k, v, q_scales)``. A separate entry point, so that the main
         function's ``q, gate, k, v = ...`` unpacking never changes; the scale caches are written in place.
 
-    Calls always take the checked path (about as much host time as one eager call of the main function's first
-    call of a signature: no native launcher yet); they are CUDA-graph capturable and ``torch.compile`` traces them
-    as one op (``fused_qkv::split_qk_norm_rope_cache_fp8``).
+    Eager CUDA calls of a signature validated once launch from the native launcher, as the main function's do
+    (without it, e.g. no C++ compiler, every call takes the checked path: several times the host time); calls are
+    CUDA-graph capturable and ``torch.compile`` traces them as one op (``fused_qkv::split_qk_norm_rope_cache_fp8``).
+    Outputs are contiguous; native calls place them in one allocation, as :class:`FusedQKVOutput` says.
 
     Raises:
         TypeError / ValueError naming the argument, as the main function, and for a q_dtype the target cannot
@@ -566,8 +569,19 @@ def fused_qkv_split_qk_norm_rope_cache_fp8(
               gated_qkv_layout, kv_cache_layout, return_kv, mrope_section, mrope_interleaved, v_norm, k_eq_v,
               _q_dtype_name(q_dtype))
     checking = _indices.CHECK_BY_DEFAULT if check_indices is None else _indices.index_checks_requested(check_indices)
-    tensors = dict(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, positions=positions,
-                   key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping, offsets=offsets,
-                   k_scale=k_scale, v_scale=v_scale, q_scale=q_scale, k_scale_cache=k_scale_cache,
-                   v_scale_cache=v_scale_cache)
-    return _checked_call(tensors, values, layer, checking, None, fp8=True)
+    arrays = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale,
+              v_scale, q_scale, k_scale_cache, v_scale_cache)  # ARRAY_NAMES order: the native call's
+    record = None
+    if layer is None and not checking and not torch.compiler.is_compiling():
+        native = _native.loaded()
+        if native is not None and not fast_path.hooked():
+            out = native.call(values, *arrays)  # checks what it covers itself, as for the main function
+            if out is not None:
+                return out
+        written = [t for t in (qkv, key_cache, value_cache, k_scale_cache, v_scale_cache) if t is not None]
+        if fast_path.plain_eager(*written):
+            try:
+                record = (fast_path.signature_key(values, arrays), values)
+            except (AttributeError, TypeError):  # not tensors, or unhashable values: the checked path names them
+                record = None
+    return _checked_call(dict(zip(ARRAY_NAMES, arrays, strict=True)), values, layer, checking, record, fp8=True)

@@ -29,9 +29,9 @@ def checked_calls(monkeypatch):
     calls = []
     real = op_module._checked_call
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(args)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(op_module, "_checked_call", counting)
     yield calls
@@ -165,3 +165,74 @@ def test_repeated_calls_launch_from_the_native_launcher(checked_calls, monkeypat
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
     assert torch.equal(args["key_cache"].view(torch.uint8), kc_native.view(torch.uint8))
     assert torch.equal(args["value_cache"].view(torch.uint8), vc_native.view(torch.uint8))
+
+
+FP8_CASES = [
+    Case(T=13, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv", gate="interleaved"),
+    Case(T=16, q_fp8="static", cache_dtype="float8_e4m3fn", scale="tensor", layout="HND", slots="negative"),
+    Case(T=6, cache_dtype="float8_e4m3fn", scale_cache="v", scale="head", return_kv=False, index_dtype="int32"),
+]
+
+
+def _fp8_call_and_check(case, args, kwargs):
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as fp8_op
+    from helpers import SCALE_CACHES
+
+    kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+    scales0 = {n: kwargs[n].cpu().clone() for n in SCALE_CACHES if kwargs.get(n) is not None}
+    out = fp8_op(**args, **kwargs)
+    check_against_oracle(case, args, kwargs, out, kc0, vc0, args["key_cache"], args["value_cache"], scales0,
+                         {n: kwargs[n] for n in scales0})
+    return out
+
+
+@pytest.mark.parametrize("case", FP8_CASES, ids=lambda c: c.id())
+def test_fp8_entry_point_repeats_launch_natively_and_match_the_checked_path(case, checked_calls, monkeypatch):
+    """The fp8 entry point's repeat calls launch from native.cpp (fp8 q, q_scales and the scale caches among its
+    parameters): oracle-checked, and bit-identical to the checked path's launch of the same inputs."""
+    from fused_qkv.torch_api import native
+    from helpers import SCALE_CACHES
+
+    args, kwargs = make_inputs(case, "cuda")
+    _fp8_call_and_check(case, args, kwargs)
+    assert native.loaded() is not None, native.status()
+    state0 = {n: t.clone() for n, t in (("key_cache", args["key_cache"]), ("value_cache", args["value_cache"]),
+                                        *((s, kwargs[s]) for s in SCALE_CACHES if kwargs.get(s) is not None))}
+    out_native = _fp8_call_and_check(case, args, kwargs)
+    assert len(checked_calls) == 1, "the repeat must launch natively"
+    native_state = {n: (args.get(n) if n in args else kwargs[n]).clone() for n in state0}
+    for n, t in state0.items():
+        (args.get(n) if n in args else kwargs[n]).copy_(t)
+    monkeypatch.setattr(native, "loaded", lambda: None)
+    out_checked = _fp8_call_and_check(case, args, kwargs)
+    assert len(checked_calls) == 2
+    for a, b in zip(out_native, out_checked, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    for n, t in native_state.items():
+        assert torch.equal((args.get(n) if n in args else kwargs[n]).view(torch.uint8), t.view(torch.uint8)), n
+
+
+def test_fp8_native_call_is_captured_by_a_cuda_graph(checked_calls):
+    from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as fp8_op
+    from helpers import SCALE_CACHES
+
+    case = Case(T=12, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv")
+    args, kwargs = make_inputs(case, "cuda")
+    fp8_op(**args, **kwargs)
+    fp8_op(**args, **kwargs)  # native from here
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fp8_op(**args, **kwargs)
+    assert len(checked_calls) == 1
+    new, _ = make_inputs(dataclasses.replace(case, seed=5), "cuda")
+    for name in ("qkv", "positions", "slot_mapping", "cos", "sin", "q_weight", "k_weight"):
+        args[name].copy_(new[name])
+    kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+    scales0 = {n: kwargs[n].cpu().clone() for n in SCALE_CACHES}
+    graph.replay()
+    torch.cuda.synchronize()
+    check_against_oracle(dataclasses.replace(case, seed=5), args, kwargs, out, kc0, vc0, args["key_cache"],
+                         args["value_cache"], scales0, {n: kwargs[n] for n in SCALE_CACHES})
