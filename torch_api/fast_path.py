@@ -11,7 +11,7 @@ they do not cover goes back to the checked path.
 from __future__ import annotations
 
 import torch
-from fused_qkv.core import ARRAY_NAMES, INPUT_NAMES, SCALAR_NAMES, get_kernel
+from fused_qkv.core import ARRAY_NAMES, INPUT_NAMES, SCALAR_NAMES, ArrayInfo, get_kernel
 from fused_qkv.core.plan import PAIR_CODES, meeting_pairs
 from fused_qkv.torch_api import native as _native
 from triton import knobs
@@ -262,12 +262,8 @@ def _native_register(module, plan, tensors, values, compiled, constexpr_values, 
 
 
 def _byte_extent(t):
-    """[lo, hi) byte offsets from ``t``'s data pointer that its elements occupy (as ``ArrayInfo.byte_extent``)."""
-    if t.numel() == 0:
-        return 0, 0
-    lo = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s < 0)
-    hi = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s > 0) + 1
-    return lo * t.element_size(), hi * t.element_size()
+    """[lo, hi) byte offsets from ``t``'s data pointer that its elements occupy."""
+    return ArrayInfo(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch.")).byte_extent()
 
 
 def clear() -> None:

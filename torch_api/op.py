@@ -73,6 +73,7 @@ class FusedQKVFp8Output(NamedTuple):
 
 fast_path.set_result_type(FusedQKVOutput, FusedQKVFp8Output)
 
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -290,6 +291,17 @@ def _fp8_op_arguments(a: dict):
     return tensors, config
 
 
+def _native_call(values: tuple, arrays: tuple):
+    """The native launcher's launch of a recorded call signature (``arrays``: the 12 or 15 tensors of the main or
+    the fp8 entry point, ``ARRAY_NAMES`` order), or None: not built, traced, launch hooks set, or not covered."""
+    native = _native.loaded()
+    if native is None or torch.compiler.is_compiling() or fast_path.hooked():
+        return None
+    # native.cpp checks dispatch and torch-function modes and the tensors (plain, metadata, device, alignment,
+    # overlaps) itself, and returns None for anything it does not cover
+    return native.call(values, *arrays)
+
+
 _warned_unchecked = []
 
 
@@ -467,16 +479,12 @@ def fused_qkv_split_qk_norm_rope_cache(
     checking = _indices.CHECK_BY_DEFAULT if check_indices is None else _indices.index_checks_requested(check_indices)
     record = None
     if layer is None and not checking:
-        native = _native.loaded()
-        if native is not None and not torch.compiler.is_compiling() and not fast_path.hooked():
-            # native.cpp checks dispatch and torch-function modes and the tensors (plain, metadata, device,
-            # alignment, overlaps) itself, and returns None for anything it does not cover
-            out = native.call(values, qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache,
-                              slot_mapping, offsets, k_scale, v_scale)
-            if out is not None:
-                return out
-        out, key = fast_path.try_python(values, (qkv, q_weight, k_weight, cos, sin, positions, key_cache,
-                                                 value_cache, slot_mapping, offsets, k_scale, v_scale))
+        arrays = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets,
+                  k_scale, v_scale)
+        out = _native_call(values, arrays)
+        if out is not None:
+            return out
+        out, key = fast_path.try_python(values, arrays)
         if out is not None:
             return out
         record = None if key is None else (key, values)
@@ -572,12 +580,10 @@ def fused_qkv_split_qk_norm_rope_cache_fp8(
     arrays = (qkv, q_weight, k_weight, cos, sin, positions, key_cache, value_cache, slot_mapping, offsets, k_scale,
               v_scale, q_scale, k_scale_cache, v_scale_cache)  # ARRAY_NAMES order: the native call's
     record = None
-    if layer is None and not checking and not torch.compiler.is_compiling():
-        native = _native.loaded()
-        if native is not None and not fast_path.hooked():
-            out = native.call(values, *arrays)  # checks what it covers itself, as for the main function
-            if out is not None:
-                return out
+    if layer is None and not checking:
+        out = _native_call(values, arrays)
+        if out is not None:
+            return out
         written = [t for t in (qkv, key_cache, value_cache, k_scale_cache, v_scale_cache) if t is not None]
         if fast_path.plain_eager(*written):
             try:
