@@ -476,8 +476,7 @@ def run(shapes, tokens, out_dir, with_jax=True):
             if T == check_T:  # the timed calls computed the right thing
                 checks[sname] = verify(shape, inp, impls["fused_torch"](), jimpls.get("fused_jax"))
                 print(f"{sname} T={T}: worst error / allowed vs the float64 oracle: {checks[sname]}", flush=True)
-            if T > L2_TOKENS:
-                res["copy_same_bytes"] = same_bytes_copy_us(nbytes, reps, per_graph)
+            res["copy_same_bytes"] = same_bytes_copy_us(nbytes, reps, per_graph)  # at decode sizes: one launch
             res["floor"] = nbytes / (copy_bw * 1e9) * 1e6
             for name, us in res.items():
                 b = min_bytes(plain_shape(shape), T) if name == "fused_plain" else nbytes

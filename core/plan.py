@@ -476,6 +476,8 @@ GROUP_MIN_TOKENS = 513
 GROUP_PAIR_TOKENS = 4096
 GROUP_WIDE_TOKENS = 8193
 GROUP_DYNAMIC_Q_TOKENS = 4096  # from here, dynamic fp8 q: 4 heads per program
+GROUP_LONG_TOKENS = 16384  # from here, any rotating call up to GROUP_MAX_HEAD_DIM: 4 heads per program
+GROUP_MAX_HEAD_DIM = 128
 
 
 def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool = False) -> int:
@@ -491,12 +493,20 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
     Dynamic fp8 q (``dynamic_q``) without mRoPE: 4 from GROUP_DYNAMIC_Q_TOKENS, so that a program stores four
     adjacent q scales of each token, not one 4-byte store per (token, head) 4 * QH bytes from the next. The H200
     sweep of S8 (bench/results/group_sweep_fp8.json): 1 / 2 / 4 / 8 heads take 29.3 / 29.1 / 29.2 / 31.5 us at
-    T=4096, 58.4 / 56.6 / 56.2 / 57.4 at 8192 and 238.2 / 215.3 / 205.3 / 205.0 at 32768. 1 otherwise."""
+    T=4096, 58.4 / 56.6 / 56.2 / 57.4 at 8192 and 238.2 / 215.3 / 205.3 / 205.0 at 32768.
+
+    Any other rotating call with head_dim <= GROUP_MAX_HEAD_DIM: 4 from GROUP_LONG_TOKENS, where fewer, longer
+    programs win (bench/results/group_sweep_long.json, 1 against 4 heads at T=16384 / 32768: S1 122.3 / 242.0
+    against 121.1 / 238.6 us, S3 115.6 / 228.8 against 113.7 / 224.1, S4 107.1 / 212.1 against 102.7 / 202.4,
+    S7 103.0 / 202.5 against 96.7 / 189.7; at 8192 one head is 1-2 % faster). Not at head_dim 256: S2 with two
+    heads per program is 20 % slower. 1 otherwise."""
     if rotates and config.mrope_section is not None:
         if num_tokens < GROUP_MIN_TOKENS:
             return 1
         widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
     elif dynamic_q and num_tokens >= GROUP_DYNAMIC_Q_TOKENS:
+        widest = 4
+    elif rotates and config.head_dim <= GROUP_MAX_HEAD_DIM and num_tokens >= GROUP_LONG_TOKENS:
         widest = 4
     else:
         return 1

@@ -22,7 +22,7 @@ def test_min_bytes_counts_each_input_and_output_once():
 
 def test_table_has_a_value_under_every_heading(capsys, tmp_path):
     """The printed table and the plot from a result as ``run`` writes it (rows with and without the same-bytes copy,
-    which is timed only above the L2 sizes)."""
+    which results of older runs have only above the L2 sizes)."""
     from fused_qkv.bench.bench import plot, print_table
 
     rows = []

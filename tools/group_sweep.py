@@ -2,7 +2,7 @@
 the same shapes without their options, on the GPU, timed as ``fused-qkv bench`` times them (CUDA-graph replays).
 
     python tools/group_sweep.py --out DIR [--tokens 1024,4096,8192,32768] [--shapes S5,S6,S7,S8]
-        [--tiles all|default] [--groups auto|all]
+        [--tiles all|default] [--groups auto|all] [--group-list 1,2,4,8]
 
 Writes DIR/group_sweep.json and prints the best choices per (shape, T) in % of the copy bandwidth measured first.
 """
@@ -34,6 +34,7 @@ def main():
     parser.add_argument("--tiles", default="all", choices=("all", "default"))
     parser.add_argument("--groups", default="auto", choices=("auto", "all"),
                         help="auto: groups for mRoPE and fp8-q shapes only; all: for every shape")
+    parser.add_argument("--group-list", default="1,2,4,8", help="the heads per program tried")
     args = parser.parse_args()
     copy_bw = bench.copy_bandwidth_gbps()
     print(f"copy bandwidth {copy_bw:.0f} GB/s", flush=True)
@@ -43,7 +44,7 @@ def main():
         shape = bench.SHAPES[sname]
         # the shapes whose programs may rotate several heads: mRoPE (shared table rows), fp8 q (adjacent scales)
         grouped = shape.get("mrope_section") or sname in ("S7", "S8") or args.groups == "all"
-        groups = [g for g in (1, 2, 4, 8) if shape["num_kv_heads"] % g == 0] if grouped else [1]
+        groups = [g for g in map(int, args.group_list.split(",")) if shape["num_kv_heads"] % g == 0] if grouped else [1]
         for T in [int(t) for t in args.tokens.split(",")]:
             inp = bench.torch_inputs(shape, T)
             fns = bench.torch_impls(shape, inp)

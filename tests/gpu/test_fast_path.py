@@ -117,25 +117,37 @@ def test_a_config_value_of_another_type_is_still_validated(checked_calls):
         op(**args, **dict(kwargs, is_neox=1))
 
 
-def test_fast_path_is_captured_by_a_cuda_graph(checked_calls):
-    case = Case(T=12, cache_dtype="float8_e4m3fn", scale="tensor")
-    args, kwargs = make_inputs(case, "cuda")
-    op(**args, **kwargs)
+def _replay_on_new_inputs(fn, case, args, kwargs, warm_calls, checked_calls, refill=()):
+    """Capture one call of ``fn`` after ``warm_calls`` eager ones (only the first validated), copy another seed's
+    inputs (and the ``refill`` keyword tensors) into the captured tensors, replay, check the replay's results."""
+    from helpers import SCALE_CACHES
+
+    for _ in range(warm_calls):
+        fn(**args, **kwargs)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = op(**args, **kwargs)
+        out = fn(**args, **kwargs)
     assert len(checked_calls) == 1
-    new, new_kw = make_inputs(dataclasses.replace(case, seed=3), "cuda")
+    new_case = dataclasses.replace(case, seed=case.seed + 3)
+    new, new_kw = make_inputs(new_case, "cuda")
     for name in ("qkv", "positions", "slot_mapping", "cos", "sin", "q_weight", "k_weight"):
         args[name].copy_(new[name])
-    for name in ("k_scale", "v_scale"):
+    for name in refill:
         kwargs[name].copy_(new_kw[name])
     kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
+    scales = [n for n in SCALE_CACHES if kwargs.get(n) is not None]
+    scales0 = {n: kwargs[n].cpu().clone() for n in scales}
     graph.replay()
     torch.cuda.synchronize()
-    check_against_oracle(dataclasses.replace(case, seed=3), args, kwargs, out, kc0, vc0, args["key_cache"],
-                         args["value_cache"])
+    check_against_oracle(new_case, args, kwargs, out, kc0, vc0, args["key_cache"], args["value_cache"],
+                         scales0 or None, {n: kwargs[n] for n in scales} or None)
+
+
+def test_fast_path_is_captured_by_a_cuda_graph(checked_calls):
+    case = Case(T=12, cache_dtype="float8_e4m3fn", scale="tensor")
+    args, kwargs = make_inputs(case, "cuda")
+    _replay_on_new_inputs(op, case, args, kwargs, 1, checked_calls, refill=("k_scale", "v_scale"))
 
 
 def test_repeated_calls_launch_from_the_native_launcher(checked_calls, monkeypatch):
@@ -216,23 +228,7 @@ def test_fp8_entry_point_repeats_launch_natively_and_match_the_checked_path(case
 
 def test_fp8_native_call_is_captured_by_a_cuda_graph(checked_calls):
     from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache_fp8 as fp8_op
-    from helpers import SCALE_CACHES
 
     case = Case(T=12, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv")
     args, kwargs = make_inputs(case, "cuda")
-    fp8_op(**args, **kwargs)
-    fp8_op(**args, **kwargs)  # native from here
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fp8_op(**args, **kwargs)
-    assert len(checked_calls) == 1
-    new, _ = make_inputs(dataclasses.replace(case, seed=5), "cuda")
-    for name in ("qkv", "positions", "slot_mapping", "cos", "sin", "q_weight", "k_weight"):
-        args[name].copy_(new[name])
-    kc0, vc0 = args["key_cache"].cpu().clone(), args["value_cache"].cpu().clone()
-    scales0 = {n: kwargs[n].cpu().clone() for n in SCALE_CACHES}
-    graph.replay()
-    torch.cuda.synchronize()
-    check_against_oracle(dataclasses.replace(case, seed=5), args, kwargs, out, kc0, vc0, args["key_cache"],
-                         args["value_cache"], scales0, {n: kwargs[n] for n in SCALE_CACHES})
+    _replay_on_new_inputs(fp8_op, case, args, kwargs, 2, checked_calls)  # the second call: native
