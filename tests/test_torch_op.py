@@ -120,10 +120,9 @@ CASES = [
       block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
     # from plan.GROUP_LONG_TOKENS tokens, any rotating call with head_dim <= 128: 4 heads per Q/K program
-    C(QH=8, KVH=4, D=32, T=16384, block_size=32, num_blocks=520, rotary_dim=16, gate="interleaved", slots="short",
-      index_dtype="int32"),
-    C(cache_dtype="float8_e4m3fn", scale="tensor", q_fp8="static", QH=8, KVH=4, D=32, T=16390, block_size=32,
-      num_blocks=520, is_neox=False, table="full", layout="HND", with_offsets=True),
+    C(cache_dtype="float8_e4m3fn", scale="tensor", q_fp8="static", QH=4, KVH=4, D=16, T=16390, block_size=32,
+      num_blocks=520, rotary_dim=8, is_neox=False, table="full", gate="interleaved", layout="HND",
+      with_offsets=True, slots="short", index_dtype="int32"),
 ]
 
 
@@ -163,7 +162,7 @@ def test_cases_cover_every_flag():
 def test_head_groups_follow_the_plan_rule():
     """Which calls rotate several heads per program (``plan.head_group``): mRoPE from 513 tokens, dynamic fp8 q from
     4096, any other rotating call with head_dim <= 128 from 16384; the group divides both head counts. The case
-    list runs one of each (T=520 / 4100 / 16384)."""
+    list runs one of each (T=520 / 4100 / 16390)."""
     dyn = C(cache_dtype="float8_e4m3fn", q_fp8="dynamic", QH=8, KVH=4, D=32, num_blocks=300, block_size=16)
     long = C(QH=8, KVH=4, D=32, T=16384, num_blocks=520, block_size=32)
     for case, group in ((dataclasses.replace(dyn, T=4095), 1), (dataclasses.replace(dyn, T=4096), 4),
