@@ -9,7 +9,7 @@ import torch
 from fused_qkv.torch_api import fast_path
 from fused_qkv.torch_api import fused_qkv_split_qk_norm_rope_cache as op
 from fused_qkv.torch_api import op as op_module
-from helpers import Case, check_against_oracle, make_inputs
+from helpers import SCALE_CACHES, Case, check_against_oracle, make_inputs
 from triton import knobs
 
 CASES = [
@@ -120,8 +120,6 @@ def test_a_config_value_of_another_type_is_still_validated(checked_calls):
 def _replay_on_new_inputs(fn, case, args, kwargs, warm_calls, checked_calls, refill=()):
     """Capture one call of ``fn`` after ``warm_calls`` eager ones (only the first validated), copy another seed's
     inputs (and the ``refill`` keyword tensors) into the captured tensors, replay, check the replay's results."""
-    from helpers import SCALE_CACHES
-
     for _ in range(warm_calls):
         fn(**args, **kwargs)
     torch.cuda.synchronize()
