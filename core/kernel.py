@@ -160,6 +160,16 @@ def _head_scale(a, b, p, r, MAXV: tl.constexpr):
 
 
 @triton.jit
+def _scaled_norm_factor(r, scale):
+    """``r / scale`` (both [BLOCK_T], > 0) capped at 2**126: the one factor that applies the norm's ``r`` and a
+    dynamic scale. Without the cap an all-zero head (scale 2**-126, r = 1/sqrt(eps)) overflows to inf and 0 * inf
+    stores NaN. The cap moves only heads whose values before ``r`` are all below fp8_max * 2**-126. ``r * 2**-126``
+    is subnormal only where r < 1, where the cap cannot apply, so flushing subnormals (XLA's CPU threads do) is
+    harmless; no constant here is subnormal."""
+    return r / tl.maximum(scale, r * 1.1754943508222875e-38)
+
+
+@triton.jit
 def _load_weight(w_ptr, offs, mask, offset, HAS_W_OFFSET: tl.constexpr):
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_W_OFFSET:  # a runtime 0.0 would still cost an add per element
@@ -467,7 +477,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                             qs_grp = tl.where(gcol == g, qs_t[:, None], qs_grp)
                         else:
                             tl.store(q_scales_ptr + tok64 * NUM_Q_HEADS + qh, qs_t, mask=tok_mask)
-                        f = (r / qs_t)[:, None]
+                        f = _scaled_norm_factor(r, qs_t)[:, None]
                     else:
                         f = (r * q_inv)[:, None]
                     _store_head(q_dst, row_mask, a_rot, b_rot, p, f, a_offs, b_offs, p_offs,
@@ -501,7 +511,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     s_ok, s_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                               KS_LAYER_STRIDE, KS_BLOCK_STRIDE, KS_SLOT_STRIDE)
                     tl.store(k_scale_cache_ptr + s_base + kh * KS_HEAD_STRIDE, ks_t, mask=s_ok)
-                    fc = (r / ks_t)[:, None]
+                    fc = _scaled_norm_factor(r, ks_t)[:, None]
                 elif K_SCALE_MODE != 0:
                     fc = (r * k_inv)[:, None]
                 else:

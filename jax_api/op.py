@@ -283,7 +283,8 @@ def fused_qkv_split_qk_norm_rope_cache_fp8(
             caches' leading layer axis where they have one). With one, its cache must be fp8 and its static scale
             None: each written token and KV head gets ``s = max(amax / fp8_max, 2**-126)`` over its ``D`` values
             (after norm, RoPE and ``v_norm``); the cache stores ``x / s`` and the scale cache ``s`` at the same
-            slot; skipped slots keep both. Returned updated, aliased like the caches: donate them too
+            slot (an all-zero head: ``s = 2**-126``, zeros stored, as for q); skipped slots keep both. Returned
+            updated, aliased like the caches: donate them too
             (``donate_argnames=("key_cache", "value_cache", "k_scale_cache", "v_scale_cache")``) to stay in place.
 
     Returns:

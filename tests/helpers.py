@@ -66,6 +66,7 @@ class Case:
     q_fp8: Optional[str] = None
     q_dtype: str = "float8_e4m3fn"
     scale_cache: str = "none"
+    zero_heads: bool = False  # token 1's first Q head, token 2's first K head, token 3's last V head are all zero
     seed: int = 0
 
     @property
@@ -132,6 +133,12 @@ def make_inputs(case: Case, device="cpu"):
     T, QH, KVH, D = case.T, case.QH, case.KVH, case.D
     full = torch.randn(T, case.width + case.row_pad, generator=gen, dtype=torch.float64) * case.qkv_scale
     full = full + 0.25  # nonzero mean: a missing norm or offset shows
+    if case.zero_heads:  # heads whose dynamic scale is the floor: each must come out as zeros, not NaN or saturated
+        k_col0 = QH * D * (2 if case.gate else 1)
+        v_col0 = k_col0 + (0 if case.k_eq_v else KVH * D)
+        full[1 % T, :D] = 0.0  # Q head 0 starts at column 0 in every gate layout
+        full[2 % T, k_col0:k_col0 + D] = 0.0
+        full[3 % T, v_col0 + (KVH - 1) * D:v_col0 + KVH * D] = 0.0
     qkv = full.to(dt)[:, :case.width]
     if case.offset == 1.0:  # zero-centred gamma: small weights around 0
         wq = torch.randn(D, generator=gen, dtype=torch.float64) * 0.3

@@ -34,10 +34,12 @@ def cases(draw):
         section = (t_sec, h_sec, half - t_sec - h_sec)
     elif rope == "nope":
         rot = None
+    eps = draw(st.sampled_from([1e-6, 1e-5, 0.0]))
     return Case(
         T=t, QH=qh, KVH=kvh, D=d, rotary_dim=rot,
         dtype=draw(st.sampled_from(["bfloat16", "float16", "float32"])),
-        eps=draw(st.sampled_from([1e-6, 1e-5, 0.0])), offset=draw(st.sampled_from([0.0, 1.0])),
+        eps=eps, zero_heads=eps > 0 and draw(st.booleans()),  # eps 0: an all-zero head has no defined norm
+        offset=draw(st.sampled_from([0.0, 1.0])),
         is_neox=draw(st.booleans()), table=draw(st.sampled_from(["half", "full", "vllm_view"])),
         table_dtype=draw(st.sampled_from(["float32", "bfloat16", "float16"])),
         with_offsets=draw(st.booleans()), gate=draw(st.sampled_from([None, "interleaved", "blocked"])),

@@ -48,7 +48,7 @@ def test_jax_matches_oracle_and_torch_bit_for_bit(case):
                                   Case(mrope="contiguous", mrope_rows="view", gate="blocked"),
                                   Case(nope=True, k_eq_v=True, v_norm=True, cache_dtype="float8_e4m3fn", scale="head"),
                                   Case(q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv", layers=2,
-                                       index_dtype="int32"),
+                                       index_dtype="int32", zero_heads=True),
                                   Case(q_fp8="static", cache_dtype="float8_e4m3fn", scale_cache="v", gate="blocked")],
                          ids=lambda c: c.id())
 def test_under_jit(case):

@@ -108,14 +108,17 @@ CASES = [
     C(cache_dtype="float8_e4m3fnuz", q_fp8="static", q_dtype="float8_e4m3fnuz", scale="tensor"),
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", layers=3, with_offsets=True, q_fp8="static"),
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", layout="HND", cache_view=True),
-    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", mrope="interleaved", v_norm=True),
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", mrope="interleaved", v_norm=True,
+      zero_heads=True),
+    C(cache_dtype="float8_e4m3fnuz", scale_cache="kv", q_fp8="dynamic", q_dtype="float8_e4m3fnuz", zero_heads=True,
+      eps=1e-12),  # zero heads with r = 1e6: the scale floor's factor must not overflow
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", k_eq_v=True, v_norm=True, nope=True,
       D=256, QH=2, KVH=1, T=5),
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", mrope="contiguous", QH=6, KVH=2, D=32,
       T=520, block_size=16, num_blocks=33, slots="short"),  # 2 heads per Q/K program
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", T=1, D=128, QH=8, KVH=2),  # decode
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=8, KVH=4, D=32, T=4100, block_size=16,
-      num_blocks=257, slots="short", gate="blocked"),  # 4 heads per Q/K program, their q scales stored as one row
+      num_blocks=257, slots="short", gate="blocked", zero_heads=True),  # 4 heads per Q/K program, q scales as a row
     C(cache_dtype="float8_e4m3fn", scale_cache="k", q_fp8="dynamic", nope=True, QH=4, KVH=4, D=16, T=4096,
       block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
@@ -157,6 +160,7 @@ def test_cases_cover_every_flag():
     assert seen["nope"] == seen["v_norm"] == seen["k_eq_v"] == {True, False}
     assert seen["q_fp8"] == {None, "static", "dynamic"} and seen["scale_cache"] == {"none", "k", "v", "kv"}
     assert seen["q_dtype"] == {"float8_e4m3fn", "float8_e4m3fnuz"}
+    assert seen["zero_heads"] == {True, False}
 
 
 def test_head_groups_follow_the_plan_rule():

@@ -555,7 +555,8 @@ def fused_qkv_split_qk_norm_rope_cache_fp8(
             strides; mutated in place. With one, its cache must be fp8 and its static scale (``k_scale`` /
             ``v_scale``) None: each written token and KV head gets ``s = max(amax / fp8_max, 2**-126)`` over its
             ``D`` values (after norm, RoPE and ``v_norm``); the cache stores ``x / s`` and the scale cache ``s``
-            at the same slot. Skipped slots leave both unchanged.
+            at the same slot (an all-zero head: ``s = 2**-126``, zeros stored, as for q). Skipped slots leave both
+            unchanged.
 
     Returns:
         :class:`FusedQKVFp8Output` ``(q, gate, k, v, q_scales)``. A separate entry point, so that the main
