@@ -14,10 +14,12 @@ Argument order (fixed; both frontends rely on it, see ``plan.INPUT_NAMES`` etc.)
    the scale caches of the fp8 entry points likewise (``k_scale_cache_in`` / ``k_scale_cache``).
 4. constexprs       (``plan.LaunchPlan.constexprs``), passed by keyword.
 
-Grid: 1-D, ``cdiv(T, BLOCK_T) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the
-token block ``pid // NUM_HEAD_PROGS`` and the entry ``pid % NUM_HEAD_PROGS`` of the
-combined list ``[Q head groups | K head groups | V heads | gate heads]``; a group is HEAD_GROUP heads (more than
-one only with mRoPE or dynamic fp8 q on long batches, ``plan.head_group``).
+Grid: 1-D, ``cdiv(T, BLOCK_T / HEAD_ROWS) * NUM_HEAD_PROGS`` programs. Program ``pid`` handles the token block
+``pid // NUM_HEAD_PROGS`` and the entry ``pid % NUM_HEAD_PROGS`` of the combined list
+``[Q head groups | K head groups | V head rows | gate head rows]``. A tile's BLOCK_T rows hold
+BLOCK_T / HEAD_ROWS tokens times HEAD_ROWS heads side by side (``plan.head_rows``: the lanes of one token read
+its table row in one load); a Q or K program loops over HEAD_GROUP such tiles of heads (more than one only with
+mRoPE or dynamic fp8 q on long batches, ``plan.head_group``).
 
 Rounding: every value is computed in fp32 and rounded exactly once, to nearest-even. Compiled code uses
 the target's casts, which round to nearest-even (``HW_CAST`` 1 or 2); CUDA's saturate too (2), on ROCm the fp8
@@ -196,6 +198,16 @@ def _store_head(
 
 
 @triton.jit
+def _per_row(x, HEAD_ROWS: tl.constexpr):
+    """A head's column offset as the tile's rows need it: a scalar with one head per row block, else the
+    [BLOCK_T] offsets of each row's own head, as a [BLOCK_T, 1] column."""
+    if HEAD_ROWS > 1:
+        return x[:, None]
+    else:
+        return x
+
+
+@triton.jit
 def _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE: tl.constexpr):
     """Each token's raw ``slot_mapping`` entry (-1 past ``num_tokens`` or past the end of ``slot_mapping``).
 
@@ -369,6 +381,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     NUM_HEAD_PROGS: tl.constexpr, K_END: tl.constexpr, V_END: tl.constexpr,
     HEAD_GROUP: tl.constexpr,  # Q (and K) heads per program, which read the tables once; NUM_Q_PROGS = QH / group
     NUM_Q_PROGS: tl.constexpr,
+    HEAD_ROWS: tl.constexpr,  # heads side by side in a tile's rows: BLOCK_T rows are BLOCK_T / HEAD_ROWS tokens
     Q_HEAD_STRIDE: tl.constexpr,  # qkv columns between consecutive Q heads (D, or 2D interleaved)
     GATE_COL0: tl.constexpr, GATE_HEAD_STRIDE: tl.constexpr, K_COL0: tl.constexpr, V_COL0: tl.constexpr,
     HAS_Q_NORM: tl.constexpr, HAS_K_NORM: tl.constexpr,
@@ -417,7 +430,13 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
         num_tokens = num_tokens // 16 * 16
     if SLOTS_MULT16:
         num_slot_entries = num_slot_entries // 16 * 16
-    tok = tblock * BLOCK_T + tl.arange(0, BLOCK_T)
+    if HEAD_ROWS > 1:  # row r: token r // HEAD_ROWS of the tile, head r % HEAD_ROWS of the program's heads
+        rows = tl.arange(0, BLOCK_T)
+        tok = tblock * (BLOCK_T // HEAD_ROWS) + rows // HEAD_ROWS
+        hrow = rows % HEAD_ROWS
+    else:
+        tok = tblock * BLOCK_T + tl.arange(0, BLOCK_T)
+        hrow = 0
     tok_mask = tok < num_tokens
     tok64 = tok.to(tl.int64)
     row_mask = tok_mask[:, None]
@@ -458,9 +477,10 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                 gcol = tl.arange(0, HEAD_GROUP)[None, :]
                 qs_grp = tl.full([BLOCK_T, HEAD_GROUP], 0.0, tl.float32)
             for g in tl.static_range(HEAD_GROUP):
-                qh = head * HEAD_GROUP + g
+                qh = (head * HEAD_GROUP + g) * HEAD_ROWS + hrow
                 a_rot, b_rot, p, r = _load_norm_rope(
-                    qkv_row + qh * Q_HEAD_STRIDE, q_weight_ptr, HAS_Q_NORM, HAS_W_OFFSET, cos_ptr, sin_ptr,
+                    qkv_row + _per_row(qh * Q_HEAD_STRIDE, HEAD_ROWS), q_weight_ptr, HAS_Q_NORM, HAS_W_OFFSET,
+                    cos_ptr, sin_ptr,
                     positions_ptr, offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                     i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
                     MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
@@ -484,16 +504,19 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                                 half_mask, pass_mask, HAS_PASS, q_out_ptr.dtype.element_ty, Q_MBITS, Q_EMIN, Q_MAXV,
                                 Q_SOFT_FP8, HW_CAST, EVICT_FIRST)
             if Q_SCALE_MODE == 2 and HEAD_GROUP > 1:
-                tl.store(q_scales_ptr + (tok64 * NUM_Q_HEADS + head * HEAD_GROUP)[:, None] + gcol, qs_grp,
-                         mask=row_mask)
+                tl.store(q_scales_ptr + (tok64 * NUM_Q_HEADS + head * HEAD_GROUP * HEAD_ROWS + hrow)[:, None]
+                         + gcol * HEAD_ROWS, qs_grp, mask=row_mask)
         else:
             slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
             for g in tl.static_range(HEAD_GROUP):
-                kh = (head - NUM_Q_PROGS) * HEAD_GROUP + g
-                if K_SCALE_MODE == 1 or K_SCALE_MODE == 2:
-                    k_inv = 1.0 / tl.load(k_scale_ptr + (kh if K_SCALE_MODE == 2 else 0))
+                kh = ((head - NUM_Q_PROGS) * HEAD_GROUP + g) * HEAD_ROWS + hrow
+                if K_SCALE_MODE == 1:
+                    k_inv = 1.0 / tl.load(k_scale_ptr)
+                elif K_SCALE_MODE == 2:
+                    k_inv = 1.0 / tl.load(k_scale_ptr + kh)
                 a_rot, b_rot, p, r = _load_norm_rope(
-                    qkv_row + K_COL0 + kh * HEAD_DIM, k_weight_ptr, HAS_K_NORM, HAS_W_OFFSET, cos_ptr, sin_ptr,
+                    qkv_row + K_COL0 + _per_row(kh * HEAD_DIM, HEAD_ROWS), k_weight_ptr, HAS_K_NORM, HAS_W_OFFSET,
+                    cos_ptr, sin_ptr,
                     positions_ptr, offsets_ptr, tok64, tok_mask, row_mask, num_table_rows, eps32, norm_weight_offset,
                     i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
                     MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
@@ -521,11 +544,14 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                             key_cache_ptr.dtype.element_ty, K_MBITS, K_EMIN, K_MAXV, K_SOFT_FP8, HW_CAST, EVICT_FIRST)
     elif head < V_END:
         # ---------------- V head: copy (V-norm) + cache write; k_eq_v: V_COL0 is the K block ----------------
-        vh = head - K_END
-        x = _load_once(qkv_row + V_COL0 + vh * HEAD_DIM + d[None, :], row_mask & d_mask, EVICT_FIRST)  # V head
+        vh = (head - K_END) * HEAD_ROWS + hrow
+        x = _load_once(qkv_row + V_COL0 + _per_row(vh * HEAD_DIM, HEAD_ROWS) + d[None, :], row_mask & d_mask,
+                       EVICT_FIRST)  # V head
         slot = _load_slot(slot_mapping_ptr, tok, tok64, tok_mask, num_slot_entries, SLOT_STRIDE)
-        if V_SCALE_MODE == 1 or V_SCALE_MODE == 2:
-            v_inv = 1.0 / tl.load(v_scale_ptr + (vh if V_SCALE_MODE == 2 else 0))
+        if V_SCALE_MODE == 1:
+            v_inv = 1.0 / tl.load(v_scale_ptr)
+        elif V_SCALE_MODE == 2:
+            v_inv = _per_row(1.0 / tl.load(v_scale_ptr + vh), HEAD_ROWS)
         if V_NORM:
             xf = x.to(tl.float32)
             ss = tl.reduce(xf * xf, 1, tl.standard._sum_combine)  # masked lanes hold 0 (see _rms_scale)
@@ -559,7 +585,8 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     else:
         if HAS_GATE:
             # ---------------- gate head: plain copy ----------------
-            g = head - V_END
-            gx = _load_once(qkv_row + GATE_COL0 + g * GATE_HEAD_STRIDE + d[None, :], row_mask & d_mask, EVICT_FIRST)
+            g = (head - V_END) * HEAD_ROWS + hrow
+            gx = _load_once(qkv_row + GATE_COL0 + _per_row(g * GATE_HEAD_STRIDE, HEAD_ROWS) + d[None, :],
+                            row_mask & d_mask, EVICT_FIRST)
             g_dst = gate_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + g * HEAD_DIM)[:, None]
             _store_once(g_dst + d[None, :], gx, row_mask & d_mask, EVICT_FIRST)

@@ -451,7 +451,7 @@ def _fp8_constants(dtype: str):
     return (f.mbits, f.emin, f.max_finite) if f else (0, 0, 0.0)
 
 
-def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool) -> dict:
+def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool, block_t: int) -> dict:
     """Where each head's channels are in a qkv row, and the rotary pairing (NoPE: the NeoX split, unrotated)."""
     D, QH, KVH, half = config.head_dim, config.num_q_heads, config.num_kv_heads, config.rotary // 2
     gate_mult = 2 if config.attn_output_gate else 1
@@ -459,12 +459,14 @@ def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int, dynamic
     neox = config.is_neox or not rotates  # contiguous halves load as the widest vectors
     k_col0 = QH * gate_mult * D
     group = head_group(config, rotates, num_tokens, dynamic_q)
+    hr = head_rows(config, rotates, group, block_t)
+    qk = group * hr  # Q (K) heads per Q (K) program
     return dict(
         NUM_Q_HEADS=QH, NUM_KV_HEADS=KVH, HEAD_DIM=D, HALF_ROT=half,
         PAIR_STEP=1 if neox else 2, PAIR_DELTA=half if neox else 1,
-        NUM_HEAD_PROGS=QH // group + KVH // group + KVH + (QH if config.attn_output_gate else 0),
-        K_END=QH // group + KVH // group, V_END=QH // group + KVH // group + KVH, HEAD_GROUP=group,
-        NUM_Q_PROGS=QH // group,
+        NUM_HEAD_PROGS=QH // qk + KVH // qk + KVH // hr + (QH // hr if config.attn_output_gate else 0),
+        K_END=QH // qk + KVH // qk, V_END=QH // qk + KVH // qk + KVH // hr, HEAD_GROUP=group,
+        NUM_Q_PROGS=QH // qk, HEAD_ROWS=hr,
         Q_HEAD_STRIDE=2 * D if interleaved else D,
         GATE_COL0=D if interleaved else QH * D, GATE_HEAD_STRIDE=2 * D if interleaved else D,
         K_COL0=k_col0, V_COL0=k_col0 if config.k_eq_v else k_col0 + KVH * D,  # k_eq_v: V reads the K block
@@ -476,8 +478,6 @@ GROUP_MIN_TOKENS = 513
 GROUP_PAIR_TOKENS = 4096
 GROUP_WIDE_TOKENS = 8193
 GROUP_DYNAMIC_Q_TOKENS = 4096  # from here, dynamic fp8 q: 4 heads per program
-GROUP_LONG_TOKENS = 16384  # from here, any rotating call up to GROUP_MAX_HEAD_DIM: 4 heads per program
-GROUP_MAX_HEAD_DIM = 128
 
 
 def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool = False) -> int:
@@ -495,22 +495,45 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
     sweep of S8 (bench/results/group_sweep_fp8.json): 1 / 2 / 4 / 8 heads take 29.3 / 29.1 / 29.2 / 31.5 us at
     T=4096, 58.4 / 56.6 / 56.2 / 57.4 at 8192 and 238.2 / 215.3 / 205.3 / 205.0 at 32768.
 
-    Any other rotating call with head_dim <= GROUP_MAX_HEAD_DIM: 4 from GROUP_LONG_TOKENS, where fewer, longer
-    programs win (bench/results/group_sweep_long.json, 1 against 4 heads at T=16384 / 32768: S1 122.3 / 242.0
-    against 121.1 / 238.6 us, S3 115.6 / 228.8 against 113.7 / 224.1, S4 107.1 / 212.1 against 102.7 / 202.4,
-    S7 103.0 / 202.5 against 96.7 / 189.7; at 8192 one head is 1-2 % faster). Not at head_dim 256: S2 with two
-    heads per program is 20 % slower. 1 otherwise."""
+    1 otherwise: other calls share their table rows between heads in a tile's rows (:func:`head_rows`), which
+    keeps the programs small; a loop of 4 heads was 1 % slower than 8 heads in rows on S1 and S3 at T=32768
+    (bench/results/rows_sweep.json)."""
     if rotates and config.mrope_section is not None:
         if num_tokens < GROUP_MIN_TOKENS:
             return 1
         widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
     elif dynamic_q and num_tokens >= GROUP_DYNAMIC_Q_TOKENS:
         widest = 4
-    elif rotates and config.head_dim <= GROUP_MAX_HEAD_DIM and num_tokens >= GROUP_LONG_TOKENS:
-        widest = 4
     else:
         return 1
     return next(g for g in (widest, 2, 1) if config.num_q_heads % g == 0 and config.num_kv_heads % g == 0)
+
+
+ROWS_HEADS = 8  # Q (K) heads per program, rows times group, for rotating calls without mRoPE at head_dim <= 128
+ROWS_MIN_BLOCK_T = 16  # not in the 2-token tiles of T <= 16
+ROWS_MAX_HEAD_DIM = 128
+
+
+def head_rows(config: OpConfig, rotates: bool, group: int, block_t: int) -> int:
+    """Heads side by side in a tile's rows (a power of two dividing both head counts over ``group``, at most
+    ``block_t``): the BLOCK_T rows are then BLOCK_T / rows tokens of that many heads, and a warp's lanes that
+    read the same token's table row share one load, so the L2 serves each table row once per program, not once
+    per head (the tables of a 16-token tile are twice its qkv bytes at head_dim 128, full rotary).
+
+    ROWS_HEADS // group for calls that rotate without mRoPE at head_dim <= ROWS_MAX_HEAD_DIM in tiles of at
+    least ROWS_MIN_BLOCK_T tokens; 1 otherwise, or what :func:`head_rows_override` sets. The H200 sweep
+    (bench/results/rows_sweep.json, tools/group_sweep.py --rows-list; docs/performance.md)."""
+    if _overrides["head_rows"] is not None:
+        rows = _overrides["head_rows"]
+    elif (rotates and config.mrope_section is None and config.head_dim <= ROWS_MAX_HEAD_DIM
+          and block_t >= ROWS_MIN_BLOCK_T):
+        rows = max(1, ROWS_HEADS // group)
+    else:
+        return 1
+    while rows > 1 and (config.num_q_heads % (group * rows) or config.num_kv_heads % (group * rows)
+                        or rows > block_t):
+        rows //= 2
+    return rows
 
 
 def _mrope_constexprs(config: OpConfig, positions: Optional[ArrayInfo]) -> dict:
@@ -541,7 +564,7 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     block_d = next_pow2(D)
     block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
     constexprs = dict(
-        _layout_constexprs(config, rotates, T, scale_modes["q_scale"] == 2),
+        _layout_constexprs(config, rotates, T, scale_modes["q_scale"] == 2, block_t),
         TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
         HAS_ROPE=rotates, **_mrope_constexprs(config, positions if rotates else None), V_NORM=config.v_norm,
         HAS_Q_NORM=arrays["q_weight"] is not None, HAS_K_NORM=arrays["k_weight"] is not None,
@@ -580,7 +603,8 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
         "v": ((T, KVH, D), in_dtype) if config.return_kv else None,
         "q_scales": ((T, QH), "float32") if scale_modes["q_scale"] == 2 else None,
     }
-    grid = (max(1, -(-T // block_t)) * constexprs["NUM_HEAD_PROGS"],) if T > 0 else (0,)
+    tokens_per_prog = block_t // constexprs["HEAD_ROWS"]
+    grid = (max(1, -(-T // tokens_per_prog)) * constexprs["NUM_HEAD_PROGS"],) if T > 0 else (0,)
     dtypes = {n: None if arrays[n] is None else arrays[n].dtype for n in INPUT_NAMES if n in arrays}
     pointer_dtypes = dict(
         dtypes, layer="int32" if has_layer else None, key_cache_in=key_cache.dtype,
@@ -596,7 +620,7 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
 # ------------------------------------------------------------------------------------------------ tiles and hints
 EVICT_FIRST_MIN_BYTES = 16 << 20
 EVICT_FIRST_MAX_BYTES = 128 << 20
-_overrides: dict = {"tiles": None, "evict_first": None}
+_overrides: dict = {"tiles": None, "evict_first": None, "head_rows": None}
 _plan_observers: list = []
 
 
@@ -669,6 +693,13 @@ def evict_first_override(flag: bool):
     if not isinstance(flag, bool):
         raise TypeError(f"flag must be a bool, got {type(flag).__name__}")
     return _override("evict_first", flag)
+
+
+def head_rows_override(rows: int):
+    """Context manager: plans made inside put up to ``rows`` heads side by side in a tile's rows (see
+    :func:`head_rows`); clear the frontends' caches as for :func:`tile_override`."""
+    check_int("rows", rows)
+    return _override("head_rows", rows)
 
 
 @contextlib.contextmanager

@@ -122,10 +122,13 @@ CASES = [
     C(cache_dtype="float8_e4m3fn", scale_cache="k", q_fp8="dynamic", nope=True, QH=4, KVH=4, D=16, T=4096,
       block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
-    # from plan.GROUP_LONG_TOKENS tokens, any rotating call with head_dim <= 128: 4 heads per Q/K program
-    C(cache_dtype="float8_e4m3fn", scale="tensor", q_fp8="static", QH=4, KVH=4, D=16, T=16390, block_size=32,
-      num_blocks=520, rotary_dim=8, is_neox=False, table="full", gate="interleaved", layout="HND",
-      with_offsets=True, slots="short", index_dtype="int32"),
+    # several heads side by side in a tile's rows (plan.head_rows): 4, 8 and 2 here, and on CUDA (16-row tiles)
+    C(T=40, QH=8, KVH=4, D=32, block_size=16, num_blocks=4, gate="interleaved", scale="head",
+      cache_dtype="float8_e4m3fn", is_neox=False, table="full", rotary_dim=16, slots="short", index_dtype="int32"),
+    C(T=37, QH=16, KVH=8, D=16, block_size=8, num_blocks=6, q_fp8="static", cache_dtype="float8_e4m3fn",
+      scale_cache="kv", layout="HND", v_norm=True, with_offsets=True, zero_heads=True),
+    C(T=33, QH=8, KVH=2, D=64, gate="blocked", k_eq_v=True, layers=2, q_fp8="dynamic", cache_dtype="float8_e4m3fn",
+      scale="tensor", pos_out_of_range=True, slots="negative", num_blocks=10),
 ]
 
 
@@ -164,9 +167,8 @@ def test_cases_cover_every_flag():
 
 
 def test_head_groups_follow_the_plan_rule():
-    """Which calls rotate several heads per program (``plan.head_group``): mRoPE from 513 tokens, dynamic fp8 q from
-    4096, any other rotating call with head_dim <= 128 from 16384; the group divides both head counts. The case
-    list runs one of each (T=520 / 4100 / 16390)."""
+    """Which calls rotate several heads per program in a loop (``plan.head_group``): mRoPE from 513 tokens,
+    dynamic fp8 q from 4096; the group divides both head counts. The case list runs one of each (T=520 / 4100)."""
     dyn = C(cache_dtype="float8_e4m3fn", q_fp8="dynamic", QH=8, KVH=4, D=32, num_blocks=300, block_size=16)
     long = C(QH=8, KVH=4, D=32, T=16384, num_blocks=520, block_size=32)
     for case, group in ((dataclasses.replace(dyn, T=4095), 1), (dataclasses.replace(dyn, T=4096), 4),
@@ -175,13 +177,33 @@ def test_head_groups_follow_the_plan_rule():
                         (dataclasses.replace(dyn, T=4096, QH=6, KVH=3), 1),
                         (dataclasses.replace(dyn, T=4096, nope=True), 4),
                         (C(mrope="contiguous", QH=6, KVH=2, D=32, T=520, num_blocks=40, block_size=16), 2),
-                        (long, 4), (dataclasses.replace(long, T=16383), 1),
-                        (dataclasses.replace(long, q_fp8="static", cache_dtype="float8_e4m3fn"), 4),
-                        (dataclasses.replace(long, nope=True), 1), (dataclasses.replace(long, D=256), 1),
-                        (dataclasses.replace(long, D=160), 1), (dataclasses.replace(long, KVH=2), 2)):
+                        (long, 1), (dataclasses.replace(long, q_fp8="static", cache_dtype="float8_e4m3fn"), 1)):
         plan = plan_for(case)
         assert plan.constexprs["HEAD_GROUP"] == group, case.id()
-        assert plan.constexprs["NUM_Q_PROGS"] == case.QH // group
+        assert plan.constexprs["NUM_Q_PROGS"] == case.QH // (group * plan.constexprs["HEAD_ROWS"])
+
+
+def test_head_rows_follow_the_plan_rule():
+    """How many heads sit side by side in a tile's rows (``plan.head_rows``): 8 per Q/K program with the group for
+    rotating calls without mRoPE at head_dim <= 128 in tiles of 16 tokens or more, as far as both head counts
+    divide; the grid then has BLOCK_T / rows tokens per program. Checked on the CUDA plan and the interpreter's."""
+    s1 = C(QH=32, KVH=8, D=128, T=4096, num_blocks=300, block_size=16)
+    for case, rows in ((s1, 8), (dataclasses.replace(s1, T=17), 8), (dataclasses.replace(s1, T=16), 1),
+                       (dataclasses.replace(s1, q_fp8="dynamic", cache_dtype="float8_e4m3fn"), 2),  # group 4
+                       (dataclasses.replace(s1, q_fp8="dynamic", cache_dtype="float8_e4m3fn", T=4095), 8),
+                       (dataclasses.replace(s1, KVH=2), 2), (dataclasses.replace(s1, QH=24, KVH=6), 2),
+                       (dataclasses.replace(s1, QH=6, KVH=3), 1), (dataclasses.replace(s1, nope=True), 1),
+                       (dataclasses.replace(s1, mrope="interleaved"), 1), (dataclasses.replace(s1, D=160), 1),
+                       (dataclasses.replace(s1, D=256), 1), (dataclasses.replace(s1, D=32, gate="blocked"), 8)):
+        plan = plan_for(case)
+        c = plan.constexprs
+        assert c["HEAD_ROWS"] == rows, case.id()
+        qk = c["HEAD_GROUP"] * rows
+        assert c["K_END"] == case.QH // qk + case.KVH // qk and c["V_END"] == c["K_END"] + case.KVH // rows
+        assert c["NUM_HEAD_PROGS"] == c["V_END"] + (case.QH // rows if case.gate else 0)
+        assert plan.grid == (-(-case.T // (c["BLOCK_T"] // rows)) * c["NUM_HEAD_PROGS"],)
+    for case, rows in ((CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2)):
+        assert plan_for(case, "interpreter").constexprs["HEAD_ROWS"] == rows, case.id()
 
 
 def test_mrope_with_equal_rows_is_plain_rope_bit_for_bit():

@@ -2,7 +2,7 @@
 the same shapes without their options, on the GPU, timed as ``fused-qkv bench`` times them (CUDA-graph replays).
 
     python tools/group_sweep.py --out DIR [--tokens 1024,4096,8192,32768] [--shapes S5,S6,S7,S8]
-        [--tiles all|default] [--groups auto|all] [--group-list 1,2,4,8]
+        [--tiles all|default] [--groups auto|all] [--group-list 1,2,4,8] [--rows-list 1,2,4]
 
 Writes DIR/group_sweep.json and prints the best choices per (shape, T) in % of the copy bandwidth measured first.
 """
@@ -35,6 +35,8 @@ def main():
     parser.add_argument("--groups", default="auto", choices=("auto", "all"),
                         help="auto: groups for mRoPE and fp8-q shapes only; all: for every shape")
     parser.add_argument("--group-list", default="1,2,4,8", help="the heads per program tried")
+    parser.add_argument("--rows-list", default="1", help="the heads side by side in a tile's rows tried "
+                        "(plan.head_rows; with a group of g heads, g * rows must divide the head counts)")
     args = parser.parse_args()
     copy_bw = bench.copy_bandwidth_gbps()
     print(f"copy bandwidth {copy_bw:.0f} GB/s", flush=True)
@@ -52,20 +54,22 @@ def main():
             pct = lambda us, nbytes=nbytes: 100 * nbytes / (us * 1e-6) / 1e9 / copy_bw  # noqa: E731
             rows = []
             for variant in [v for v in ("fused_torch", "fused_plain") if v in fns]:  # S1-S4 have no plain twin
-                for g in groups if variant == "fused_torch" else (1,):
+                for g, hr in ([(g, hr) for g in groups for hr in map(int, args.rows_list.split(","))
+                               if shape["num_kv_heads"] % (g * hr) == 0] if variant == "fused_torch" else [(1, 1)]):
                     for tiles in TILES if args.tiles == "all" else [None]:
                         if tiles and tiles[0] * plan.next_pow2(shape["head_dim"]) > 16384:
                             continue
                         plan.head_group = lambda c, r, n, d=False, g=g: g
                         try:
-                            if tiles:
-                                with plan.tile_override(*tiles):
+                            with plan.head_rows_override(hr):
+                                if tiles:
+                                    with plan.tile_override(*tiles):
+                                        us = timed(fns[variant], T, nbytes, copy_bw)
+                                else:
                                     us = timed(fns[variant], T, nbytes, copy_bw)
-                            else:
-                                us = timed(fns[variant], T, nbytes, copy_bw)
                         finally:
                             plan.head_group = real_group
-                        rows.append(dict(variant=variant, group=g, tiles=tiles, us=us))
+                        rows.append(dict(variant=variant, group=g, head_rows=hr, tiles=tiles, us=us))
             plan.head_group = real_group
             default = timed(fns["fused_torch"], T, nbytes, copy_bw)
             plain_default = timed(fns["fused_plain"], T, nbytes, copy_bw) if "fused_plain" in fns else float("nan")
@@ -74,13 +78,14 @@ def main():
             bestp = sorted((r for r in rows if r["variant"] == "fused_plain"), key=lambda r: r["us"])[:3]
             print(f"{sname} T={T}: default {default:.1f} us ({pct(default):.1f}%), plain default {plain_default:.1f}"
                   f" ({pct(plain_default):.1f}%)", flush=True)
-            print("   best: " + "; ".join(f"g={r['group']} tiles={r['tiles']} {r['us']:.1f} ({pct(r['us']):.1f}%)"
-                                         for r in best), flush=True)
+            print("   best: " + "; ".join(f"g={r['group']} rows={r['head_rows']} tiles={r['tiles']} {r['us']:.1f} "
+                                         f"({pct(r['us']):.1f}%)" for r in best), flush=True)
             print("   plain best: " + "; ".join(f"tiles={r['tiles']} {r['us']:.1f} ({pct(r['us']):.1f}%)"
                                                for r in bestp), flush=True)
-            for g in groups:
-                r = [x for x in rows if x["variant"] == "fused_torch" and x["group"] == g and x["tiles"] is None]
-                print(f"   g={g} default tiles: {r[0]['us']:.1f}", flush=True)
+            for r in rows:
+                if r["variant"] == "fused_torch" and r["tiles"] is None:
+                    print(f"   g={r['group']} rows={r['head_rows']} default tiles: {r['us']:.1f} "
+                          f"({pct(r['us']):.1f}%)", flush=True)
             del inp, fns
             torch.cuda.empty_cache()
             os.makedirs(args.out, exist_ok=True)  # after every size: a run cut short keeps what it measured
