@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
-from .plan import INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, LaunchPlan
+from .plan import COMPILE_OPTIONS, INPUT_NAMES, OUTPUT_NAMES, SCALAR_NAMES, LaunchPlan
 
 _TRITON_DTYPES = {
     "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64",
@@ -82,7 +82,7 @@ def compile_for(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], t
              if aligned_pointers and sig.get(name, "").startswith("*")}
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=GPUTarget(*TARGETS[target]),
-                          options={"num_warps": plan.num_warps})
+                          options={"num_warps": plan.num_warps, **COMPILE_OPTIONS})
 
 
 def _arg_name(name: str) -> str:

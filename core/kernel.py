@@ -379,7 +379,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
     MROPE: tl.constexpr, MROPE_T: tl.constexpr, MROPE_H: tl.constexpr, MROPE_W: tl.constexpr,  # 0: [T] positions
     V_NORM: tl.constexpr,  # V is RMS-normalised without a weight
     NUM_HEAD_PROGS: tl.constexpr, K_END: tl.constexpr, V_END: tl.constexpr,
-    HEAD_GROUP: tl.constexpr,  # Q (and K) heads per program, which read the tables once; NUM_Q_PROGS = QH / group
+    HEAD_GROUP: tl.constexpr,  # tiles of Q (K) heads a program loops over; NUM_Q_PROGS = QH / (group * rows)
     NUM_Q_PROGS: tl.constexpr,
     HEAD_ROWS: tl.constexpr,  # heads side by side in a tile's rows: BLOCK_T rows are BLOCK_T / HEAD_ROWS tokens
     Q_HEAD_STRIDE: tl.constexpr,  # qkv columns between consecutive Q heads (D, or 2D interleaved)

@@ -80,6 +80,9 @@ TINY = 2.0**-126  # the floor of a dynamic scale (float32's smallest normal): an
 
 # Triton's interpreter has no IR type for fnuz fp8: there the kernel encodes the bits itself.
 SOFT_FP8_ON_INTERPRETER = ("float8_e4m3fnuz",)
+# Compile options every frontend passes: the kernel's rotation and norm count on fused multiply-adds, and Triton's
+# default for them is changing (3.9 warns that 3.10 turns them off), so they are asked for, never defaulted
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 @dataclasses.dataclass(frozen=True)

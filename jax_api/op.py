@@ -31,7 +31,7 @@ from fused_qkv.core import (
 )
 from fused_qkv.core import indices as _indices
 from fused_qkv.core.config import mrope_section_tuple
-from fused_qkv.core.plan import ALLOCATED_OUTPUTS
+from fused_qkv.core.plan import ALLOCATED_OUTPUTS, COMPILE_OPTIONS
 
 
 class FusedQKVJaxOutput(NamedTuple):
@@ -399,6 +399,6 @@ def _run_triton_call(plan, inputs, present, out_structs, cache_structs):
     # input_output_aliases keys count array arguments only (the scalars are not counted)
     aliases = {INPUT_NAMES.index(i): OUTPUT_NAMES.index(o) for o, i in _INPLACE if o in cache_structs}
     results = jt.triton_call(*array_args, *scalars, kernel=get_kernel(interpret=False), out_shape=out_shape,
-                             grid=plan.grid, num_warps=plan.num_warps, input_output_aliases=aliases,
+                             grid=plan.grid, num_warps=plan.num_warps, input_output_aliases=aliases, **COMPILE_OPTIONS,
                              **plan.constexprs)
     return {n: results[OUTPUT_NAMES.index(n)] for n in present + list(cache_structs)}

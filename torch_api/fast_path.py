@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from fused_qkv.core import ARRAY_NAMES, INPUT_NAMES, SCALAR_NAMES, ArrayInfo, get_kernel
-from fused_qkv.core.plan import PAIR_CODES, meeting_pairs
+from fused_qkv.core.plan import COMPILE_OPTIONS, PAIR_CODES, meeting_pairs
 from fused_qkv.torch_api import native as _native
 from triton import knobs
 from triton.knobs import HookChain
@@ -48,7 +48,7 @@ def launch_compiled(plan, args, device: int):
     aligned = all(b for a, b in zip(args, bits, strict=True) if isinstance(a, torch.Tensor))
     if compiled is None:
         kernel = get_kernel(interpret=False)
-        compiled = kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps)
+        compiled = kernel[plan.grid](*args, **plan.constexprs, num_warps=plan.num_warps, **COMPILE_OPTIONS)
         if len(_COMPILED) > 4096:
             _COMPILED.clear()
         _COMPILED[key] = (compiled, [plan.constexprs[n] for n in kernel.arg_names[len(args):]], plan)
