@@ -48,16 +48,21 @@ def signature(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], *, 
 
 
 def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
-    """The same specialisation as ``target`` would launch it: its own tile heuristics, hardware fp8 casts."""
+    """The same specialisation as ``target`` would launch it: its own tile heuristics (and the heads in a tile's
+    rows, which follow the tile), hardware fp8 casts."""
     import dataclasses
 
-    from .plan import choose_tiles, hw_cast
+    from .plan import choose_tiles, head_program_constexprs, head_rows, hw_cast, launch_grid
 
+    c = plan.constexprs
     warp = TARGETS[target][2]
-    block_t, num_warps = choose_tiles(plan.num_tokens, plan.constexprs["BLOCK_D"], target, warp)
-    constexprs = dict(plan.constexprs, BLOCK_T=block_t, Q_SOFT_FP8=False, K_SOFT_FP8=False,
-                      V_SOFT_FP8=False, HW_CAST=hw_cast(target))
-    return dataclasses.replace(plan, constexprs=constexprs, num_warps=num_warps)
+    block_t, num_warps = choose_tiles(plan.num_tokens, c["BLOCK_D"], target, warp)
+    qh, kvh, group = c["NUM_Q_HEADS"], c["NUM_KV_HEADS"], c["HEAD_GROUP"]
+    rows = head_rows(qh, kvh, c["HEAD_DIM"], c["HAS_ROPE"] and c["MROPE"] == 0, group, block_t)
+    constexprs = dict(c, BLOCK_T=block_t, Q_SOFT_FP8=False, K_SOFT_FP8=False, V_SOFT_FP8=False,
+                      HW_CAST=hw_cast(target), **head_program_constexprs(qh, kvh, group, rows, c["HAS_GATE"]))
+    return dataclasses.replace(plan, constexprs=constexprs, num_warps=num_warps,
+                               grid=launch_grid(plan.num_tokens, constexprs))
 
 
 def jax_pointer_dtypes(plan: LaunchPlan) -> dict:

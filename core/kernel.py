@@ -165,7 +165,8 @@ def _head_scale(a, b, p, r, MAXV: tl.constexpr):
 def _scaled_norm_factor(r, scale):
     """``r / scale`` (both [BLOCK_T], > 0) capped at 2**126: the one factor that applies the norm's ``r`` and a
     dynamic scale. Without the cap an all-zero head (scale 2**-126, r = 1/sqrt(eps)) overflows to inf and 0 * inf
-    stores NaN. The cap moves only heads whose values before ``r`` are all below fp8_max * 2**-126. ``r * 2**-126``
+    stores NaN. The cap moves only heads whose values before ``r`` are all below fp8_max * 2**-126 (their stored
+    values are then up to a factor r below ``x / scale``; zeros stay exact). ``r * 2**-126``
     is subnormal only where r < 1, where the cap cannot apply, so flushing subnormals (XLA's CPU threads do) is
     harmless; no constant here is subnormal."""
     return r / tl.maximum(scale, r * 1.1754943508222875e-38)
@@ -472,8 +473,9 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
             if Q_SCALE_MODE == 1:  # a scale is applied as a reciprocal folded into the norm's row factor
                 q_inv = 1.0 / tl.load(q_scale_ptr)
             if Q_SCALE_MODE == 2 and HEAD_GROUP > 1:
-                # the group's scales of a token are adjacent in q_scales: one [BLOCK_T, HEAD_GROUP] store after
-                # the loop, not HEAD_GROUP 4-byte stores 4 * NUM_Q_HEADS bytes apart
+                # a token's scales of the group's tiles go out in one [BLOCK_T, HEAD_GROUP] store after the loop,
+                # not HEAD_GROUP 4-byte stores 4 * NUM_Q_HEADS bytes apart (adjacent with one head in rows,
+                # HEAD_ROWS floats apart with more)
                 gcol = tl.arange(0, HEAD_GROUP)[None, :]
                 qs_grp = tl.full([BLOCK_T, HEAD_GROUP], 0.0, tl.float32)
             for g in tl.static_range(HEAD_GROUP):

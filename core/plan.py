@@ -462,14 +462,11 @@ def _layout_constexprs(config: OpConfig, rotates: bool, num_tokens: int, dynamic
     neox = config.is_neox or not rotates  # contiguous halves load as the widest vectors
     k_col0 = QH * gate_mult * D
     group = head_group(config, rotates, num_tokens, dynamic_q)
-    hr = head_rows(config, rotates, group, block_t)
-    qk = group * hr  # Q (K) heads per Q (K) program
+    rows = head_rows(QH, KVH, D, rotates and config.mrope_section is None, group, block_t)
     return dict(
         NUM_Q_HEADS=QH, NUM_KV_HEADS=KVH, HEAD_DIM=D, HALF_ROT=half,
         PAIR_STEP=1 if neox else 2, PAIR_DELTA=half if neox else 1,
-        NUM_HEAD_PROGS=QH // qk + KVH // qk + KVH // hr + (QH // hr if config.attn_output_gate else 0),
-        K_END=QH // qk + KVH // qk, V_END=QH // qk + KVH // qk + KVH // hr, HEAD_GROUP=group,
-        NUM_Q_PROGS=QH // qk, HEAD_ROWS=hr,
+        **head_program_constexprs(QH, KVH, group, rows, config.attn_output_gate),
         Q_HEAD_STRIDE=2 * D if interleaved else D,
         GATE_COL0=D if interleaved else QH * D, GATE_HEAD_STRIDE=2 * D if interleaved else D,
         K_COL0=k_col0, V_COL0=k_col0 if config.k_eq_v else k_col0 + KVH * D,  # k_eq_v: V reads the K block
@@ -517,24 +514,41 @@ ROWS_MIN_BLOCK_T = 16  # not in the 2-token tiles of T <= 16
 ROWS_MAX_HEAD_DIM = 128
 
 
-def head_rows(config: OpConfig, rotates: bool, group: int, block_t: int) -> int:
+def launch_grid(num_tokens: int, constexprs: dict) -> tuple:
+    """The 1-D grid: BLOCK_T / HEAD_ROWS tokens per program, NUM_HEAD_PROGS programs per token block."""
+    if num_tokens <= 0:
+        return (0,)
+    per_prog = constexprs["BLOCK_T"] // constexprs["HEAD_ROWS"]
+    return (max(1, -(-num_tokens // per_prog)) * constexprs["NUM_HEAD_PROGS"],)
+
+
+def head_program_constexprs(num_q_heads: int, num_kv_heads: int, group: int, rows: int, gate: bool) -> dict:
+    """The kernel's head list for ``group`` tiles of ``rows`` heads per Q/K program and ``rows`` heads per V and
+    gate program: ``[Q programs | K programs | V programs | gate programs]``."""
+    qk = group * rows
+    k_end = num_q_heads // qk + num_kv_heads // qk
+    v_end = k_end + num_kv_heads // rows
+    return dict(NUM_HEAD_PROGS=v_end + (num_q_heads // rows if gate else 0), K_END=k_end, V_END=v_end,
+                HEAD_GROUP=group, NUM_Q_PROGS=num_q_heads // qk, HEAD_ROWS=rows)
+
+
+def head_rows(num_q_heads: int, num_kv_heads: int, head_dim: int, rotates_without_mrope: bool, group: int,
+              block_t: int) -> int:
     """Heads side by side in a tile's rows (a power of two dividing both head counts over ``group``, at most
     ``block_t``): the BLOCK_T rows are then BLOCK_T / rows tokens of that many heads, and a warp's lanes that
     read the same token's table row share one load, so the L2 serves each table row once per program, not once
     per head (the tables of a 16-token tile are twice its qkv bytes at head_dim 128, full rotary).
 
     ROWS_HEADS // group for calls that rotate without mRoPE at head_dim <= ROWS_MAX_HEAD_DIM in tiles of at
-    least ROWS_MIN_BLOCK_T tokens; 1 otherwise, or what :func:`head_rows_override` sets. The H200 sweep
+    least ROWS_MIN_BLOCK_T rows; 1 otherwise, or what :func:`head_rows_override` sets. The H200 sweep
     (bench/results/rows_sweep.json, tools/group_sweep.py --rows-list; docs/performance.md)."""
     if _overrides["head_rows"] is not None:
         rows = _overrides["head_rows"]
-    elif (rotates and config.mrope_section is None and config.head_dim <= ROWS_MAX_HEAD_DIM
-          and block_t >= ROWS_MIN_BLOCK_T):
+    elif rotates_without_mrope and head_dim <= ROWS_MAX_HEAD_DIM and block_t >= ROWS_MIN_BLOCK_T:
         rows = max(1, ROWS_HEADS // group)
     else:
         return 1
-    while rows > 1 and (config.num_q_heads % (group * rows) or config.num_kv_heads % (group * rows)
-                        or rows > block_t):
+    while rows > 1 and (num_q_heads % (group * rows) or num_kv_heads % (group * rows) or rows > block_t):
         rows //= 2
     return rows
 
@@ -606,8 +620,7 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
         "v": ((T, KVH, D), in_dtype) if config.return_kv else None,
         "q_scales": ((T, QH), "float32") if scale_modes["q_scale"] == 2 else None,
     }
-    tokens_per_prog = block_t // constexprs["HEAD_ROWS"]
-    grid = (max(1, -(-T // tokens_per_prog)) * constexprs["NUM_HEAD_PROGS"],) if T > 0 else (0,)
+    grid = launch_grid(T, constexprs)
     dtypes = {n: None if arrays[n] is None else arrays[n].dtype for n in INPUT_NAMES if n in arrays}
     pointer_dtypes = dict(
         dtypes, layer="int32" if has_layer else None, key_cache_in=key_cache.dtype,
@@ -702,6 +715,8 @@ def head_rows_override(rows: int):
     """Context manager: plans made inside put up to ``rows`` heads side by side in a tile's rows (see
     :func:`head_rows`); clear the frontends' caches as for :func:`tile_override`."""
     check_int("rows", rows)
+    if rows & (rows - 1):
+        raise ValueError(f"rows must be a power of two, got {rows}")
     return _override("head_rows", rows)
 
 

@@ -119,6 +119,8 @@ CASES = [
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", T=1, D=128, QH=8, KVH=2),  # decode
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=8, KVH=4, D=32, T=4100, block_size=16,
       num_blocks=257, slots="short", gate="blocked", zero_heads=True),  # 4 heads per Q/K program, q scales as a row
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=16, KVH=8, D=16, T=4100, block_size=16,
+      num_blocks=257, slots="short", is_neox=False, table="full"),  # a loop of 4 tiles of 2 heads in rows (S8's)
     C(cache_dtype="float8_e4m3fn", scale_cache="k", q_fp8="dynamic", nope=True, QH=4, KVH=4, D=16, T=4096,
       block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
@@ -204,6 +206,26 @@ def test_head_rows_follow_the_plan_rule():
         assert plan.grid == (-(-case.T // (c["BLOCK_T"] // rows)) * c["NUM_HEAD_PROGS"],)
     for case, rows in ((CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2)):
         assert plan_for(case, "interpreter").constexprs["HEAD_ROWS"] == rows, case.id()
+
+
+def test_retargeted_interpreter_plans_are_the_targets_own():
+    """``aot.retarget`` (the CPU CI's ahead-of-time compiles) gives an interpreter plan the tiles, head rows, head
+    list and grid that the target's own plan has: T=13 has 16-row interpreter tiles (8 heads in rows) against the
+    GPUs' 2-token tiles (1)."""
+    from fused_qkv.core.aot import retarget
+
+    keys = ("BLOCK_T", "HEAD_ROWS", "HEAD_GROUP", "NUM_HEAD_PROGS", "K_END", "V_END", "NUM_Q_PROGS")
+    for case in (C(T=13, QH=8, KVH=8, D=128, block_size=16, num_blocks=2), CASES[-3], CASES[-2],
+                 C(mrope="interleaved", T=40, QH=8, KVH=4, D=32, block_size=16, num_blocks=4),
+                 C(q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv", QH=16, KVH=8, D=16, T=4100,
+                   block_size=16, num_blocks=257, slots="short", gate="interleaved")):
+        interp = plan_for(case, "interpreter")
+        for target in ("cuda", "hip:gfx950"):
+            own, moved = plan_for(case, target), retarget(interp, target)
+            assert {k: moved.constexprs[k] for k in keys} == {k: own.constexprs[k] for k in keys}, (case.id(), target)
+            assert moved.grid == own.grid and moved.num_warps == own.num_warps, (case.id(), target)
+    assert plan_for(C(T=13, QH=8, KVH=8, D=128, block_size=16, num_blocks=2), "interpreter").constexprs[
+        "HEAD_ROWS"] == 8
 
 
 def test_mrope_with_equal_rows_is_plain_rope_bit_for_bit():
