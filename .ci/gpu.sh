@@ -21,12 +21,17 @@ mode=${1:-tests}
 set -o pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-# jax-triton, nbclient and ipykernel are not on the GPU image: carry their wheels (.whl/ and .whl/nb/, see
-# README) and install them beside the project.
+# jax-triton, nbclient, ipykernel and jupyter_client are not on the GPU image: carry their wheels (.whl/, and
+# .whl/nb/ with their dependencies for Python 3.12, see README) and install them beside the project; of .whl/nb/
+# pip takes only what the image lacks.
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/nb/*.whl $(ls .whl/xd/*.whl 2>/dev/null) \
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl $(ls .whl/xd/*.whl 2>/dev/null) \
     >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
   export PYTHONPATH=/tmp/site
+fi
+if [ -d .whl/nb ]; then
+  python3 -m pip install -q --no-index --find-links .whl/nb nbclient nbformat ipykernel >>"$OUT/install.log" 2>&1 \
+    || { cat "$OUT/install.log"; exit 1; }
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # torch and JAX share the GPU in one pytest process
 python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }

@@ -56,7 +56,8 @@ def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
 
     c = plan.constexprs
     warp = TARGETS[target][2]
-    block_t, num_warps = choose_tiles(plan.num_tokens, c["BLOCK_D"], target, warp)
+    block_t, num_warps = choose_tiles(plan.num_tokens, c["BLOCK_D"], target, warp,
+                                      dynamic_rows=c["Q_SCALE_MODE"] == 2 and c["HAS_ROPE"] and c["MROPE"] == 0)
     qh, kvh, group = c["NUM_Q_HEADS"], c["NUM_KV_HEADS"], c["HEAD_GROUP"]
     rows = head_rows(qh, kvh, c["HEAD_DIM"], c["HAS_ROPE"] and c["MROPE"] == 0, group, block_t)
     constexprs = dict(c, BLOCK_T=block_t, Q_SOFT_FP8=False, K_SOFT_FP8=False, V_SOFT_FP8=False,

@@ -304,10 +304,12 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, HAS_W_OFFSET: tl.constex
                     POS_ROW_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, COS_ROW_STRIDE: tl.constexpr,
                     COS_COL_STRIDE: tl.constexpr, SIN_ROW_STRIDE: tl.constexpr, SIN_COL_STRIDE: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_PASS: tl.constexpr, EVICT: tl.constexpr, c_given, s_given,
-                    TABLES_GIVEN: tl.constexpr):
+                    TABLES_GIVEN: tl.constexpr, W_OVER_ROWS: tl.constexpr):
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
     channel groups once, RMSNorm (if HAS_NORM), rotate (if HAS_ROPE) with the tables it loads, or with
-    ``c_given``/``s_given`` (TABLES_GIVEN: from ``_load_tables``). Returns fp32 (A, B, P, r): the head after the
+    ``c_given``/``s_given`` (TABLES_GIVEN: from ``_load_tables``). W_OVER_ROWS: load the rotary halves' weights
+    once per row (L1 hits), which S8's loop of tiles of heads in rows runs 2 % faster at T >= 16384 on the H200
+    (and 2 % slower in its 8-token tiles below: docs/performance.md). Returns fp32 (A, B, P, r): the head after the
     norm's weights and RoPE, and ``r`` [BLOCK_T], the norm's per-row factor, which the caller applies (rotation is
     linear, so it commutes), folded with any scale into one multiply per element."""
     ld_half = row_mask & half_mask
@@ -327,8 +329,13 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, HAS_W_OFFSET: tl.constex
                                    HAS_OFFSETS, POS_STRIDE, OFF_STRIDE)[:, None]
     if HAS_NORM:
         off = tl.cast(norm_weight_offset, tl.float32)
-        wa = _load_weight(w_ptr, a_offs, half_mask, off, HAS_W_OFFSET)
-        wb = _load_weight(w_ptr, b_offs, half_mask, off, HAS_W_OFFSET)
+        if W_OVER_ROWS:  # [BLOCK_T, .] weights take the tile's layout; a [1, .] load is converted through smem
+            w_rows = (tok64 * 0).to(tl.int32)[:, None]
+            wa = _load_weight(w_ptr, a_offs + w_rows, half_mask & row_mask, off, HAS_W_OFFSET)
+            wb = _load_weight(w_ptr, b_offs + w_rows, half_mask & row_mask, off, HAS_W_OFFSET)
+        else:
+            wa = _load_weight(w_ptr, a_offs, half_mask, off, HAS_W_OFFSET)
+            wb = _load_weight(w_ptr, b_offs, half_mask, off, HAS_W_OFFSET)
         if HAS_PASS:
             wp = _load_weight(w_ptr, p_offs, pass_mask, off, HAS_W_OFFSET)
     if HAS_ROPE and TABLES_GIVEN:
@@ -487,7 +494,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
                     MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
                     COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
-                    HEAD_GROUP > 1)
+                    HEAD_GROUP > 1, HEAD_GROUP > 1 and HEAD_ROWS > 1)
                 q_dst = q_out_ptr + (tok64 * (NUM_Q_HEADS * HEAD_DIM) + qh * HEAD_DIM)[:, None]
                 if Q_SCALE_MODE == 0:
                     _store_head(q_dst, row_mask, a_rot, b_rot, p, r[:, None], a_offs, b_offs, p_offs, half_mask,
@@ -523,7 +530,7 @@ def fused_qkv_split_qk_norm_rope_cache_kernel(
                     i, a_offs, b_offs, p_offs, half_mask, pass_mask, HAS_PASS, HAS_OFFSETS, HAS_ROPE, MROPE, MROPE_T,
                     MROPE_H, MROPE_W, HEAD_DIM, TABLE_STEP, POS_STRIDE, POS_ROW_STRIDE, OFF_STRIDE, COS_ROW_STRIDE,
                     COS_COL_STRIDE, SIN_ROW_STRIDE, SIN_COL_STRIDE, BLOCK_T, BLOCK_PASS, EVICT_FIRST, c_grp, s_grp,
-                    HEAD_GROUP > 1)
+                    HEAD_GROUP > 1, HEAD_GROUP > 1 and HEAD_ROWS > 1)
                 slot_ok, slot_base = _slot_base(slot, layer_ptr, num_cache_slots, BLOCK_SIZE, HAS_LAYER,
                                                 KC_LAYER_STRIDE, KC_BLOCK_STRIDE, KC_SLOT_STRIDE)
                 if RETURN_KV:

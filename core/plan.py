@@ -478,6 +478,7 @@ GROUP_MIN_TOKENS = 513
 GROUP_PAIR_TOKENS = 4096
 GROUP_WIDE_TOKENS = 8193
 GROUP_DYNAMIC_Q_TOKENS = 4096  # from here, dynamic fp8 q: 4 heads per program
+GROUP_DYNAMIC_Q_ROWS_TOKENS = 16384  # the same where heads in rows apply (rotating without mRoPE, head_dim <= 128)
 
 
 def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool = False) -> int:
@@ -491,9 +492,11 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
     and 288.1 / 249.1 / 237.0 / 239.1 at 32768.
 
     Dynamic fp8 q (``dynamic_q``) without mRoPE: 4 from GROUP_DYNAMIC_Q_TOKENS, so that a program stores four
-    adjacent q scales of each token, not one 4-byte store per (token, head) 4 * QH bytes from the next. The H200
-    sweep of S8 (bench/results/group_sweep_fp8.json): 1 / 2 / 4 / 8 heads take 29.3 / 29.1 / 29.2 / 31.5 us at
-    T=4096, 58.4 / 56.6 / 56.2 / 57.4 at 8192 and 238.2 / 215.3 / 205.3 / 205.0 at 32768.
+    adjacent q scales of each token, not one 4-byte store per (token, head) 4 * QH bytes from the next; where
+    heads in rows apply, their rows already store a token's scales side by side, and 4 heads per program (of 2
+    in rows) win only from GROUP_DYNAMIC_Q_ROWS_TOKENS. The H200 sweep of S8 (bench/results/s8_sweep.json, % of
+    copy): 8 heads in the rows of 8-token tiles (:func:`choose_tiles`) 86.5 / 88.2 / 87.5 / 88.5 at T = 4096 /
+    8192 / 16384 / 32768, a loop of 4 tiles of 2 heads in rows 82.7 / 86.3 / 91.4 / 93.2.
 
     1 otherwise: other calls share their table rows between heads in a tile's rows (:func:`head_rows`), which
     keeps the programs small; a loop of 4 heads was 1 % slower than 8 heads in rows on S1 and S3 at T=32768
@@ -502,7 +505,8 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
         if num_tokens < GROUP_MIN_TOKENS:
             return 1
         widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
-    elif dynamic_q and num_tokens >= GROUP_DYNAMIC_Q_TOKENS:
+    elif dynamic_q and num_tokens >= (GROUP_DYNAMIC_Q_ROWS_TOKENS if rotates and config.head_dim <= ROWS_MAX_HEAD_DIM
+                                       else GROUP_DYNAMIC_Q_TOKENS):
         widest = 4
     else:
         return 1
@@ -510,7 +514,7 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
 
 
 ROWS_HEADS = 8  # Q (K) heads per program, rows times group, for rotating calls without mRoPE at head_dim <= 128
-ROWS_MIN_BLOCK_T = 16  # not in the 2-token tiles of T <= 16
+ROWS_MIN_BLOCK_T = 8  # not in the 2-token tiles of T <= 16
 ROWS_MAX_HEAD_DIM = 128
 
 
@@ -579,7 +583,8 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     vs_strides = _scale_cache_strides(arrays["v_scale_cache"], config.kv_cache_layout)
     has_pass = rotary_dim < D
     block_d = next_pow2(D)
-    block_t, num_warps = choose_tiles(T, block_d, target, warp_size)
+    block_t, num_warps = choose_tiles(T, block_d, target, warp_size, dynamic_rows=scale_modes["q_scale"] == 2
+                                      and rotates and config.mrope_section is None)
     constexprs = dict(
         _layout_constexprs(config, rotates, T, scale_modes["q_scale"] == 2, block_t),
         TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
@@ -660,13 +665,19 @@ def hw_cast(target: str) -> int:
     return 0 if target == "interpreter" else 2 if target == "cuda" else 1
 
 
-def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32):
+def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32, *, dynamic_rows: bool = False):
     """Deterministic (BLOCK_T, num_warps) from shapes only; shared by every frontend.
 
     Under the interpreter each program costs Python overhead, so tiles are large. On GPUs, 2-token tiles at
     T <= 16 (more programs win); above, 16-token tiles with 16 elements per thread for head_dim 128 (the H100 sweep,
     bench/results/sweep.json) and one warp of 1024 elements from head_dim 256: 4 tokens at 256, 2 at 512 (H200
     sweeps of S2 and S6; docs/performance.md).
+
+    ``dynamic_rows``: a dynamic fp8 q with heads in rows (rotating without mRoPE). Its programs reduce every head
+    twice (norm, amax) and move three scale vectors through shared memory, so below GROUP_DYNAMIC_Q_ROWS_TOKENS
+    tiles of 1024 elements at head_dim <= 128 (8 tokens, 2 warps at 128) win: S8 on the H200 86.5 / 88.2 % of
+    copy at T = 4096 / 8192 against 82.8 / 84.3 % with 16-token tiles (bench/results/s8_sweep.json). The other
+    shapes gain nothing from them (S1, S3, S4, S7 within 1 % at 4096-8192, 2-5 % slower at 32768).
     """
     if target == "interpreter":
         block_t = min(next_pow2(max(num_tokens, 1)), max(1, 8192 // block_d))
@@ -678,7 +689,8 @@ def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32
         block_t = 2 if num_tokens <= 16 else 1024 // block_d
         per_thread = 32
     else:
-        block_t = 2 if num_tokens <= 16 else max(1, 2048 // block_d)
+        small = dynamic_rows and num_tokens < GROUP_DYNAMIC_Q_ROWS_TOKENS
+        block_t = 2 if num_tokens <= 16 else max(1, (1024 if small else 2048) // block_d)
         per_thread = 16
     block_t = min(block_t, next_pow2(max(num_tokens, 1)))
     num_warps = min(8, next_pow2(max(1, block_t * block_d // (per_thread * warp_size))))

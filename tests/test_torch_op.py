@@ -118,9 +118,9 @@ CASES = [
       T=520, block_size=16, num_blocks=33, slots="short"),  # 2 heads per Q/K program
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", T=1, D=128, QH=8, KVH=2),  # decode
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=8, KVH=4, D=32, T=4100, block_size=16,
-      num_blocks=257, slots="short", gate="blocked", zero_heads=True),  # 4 heads per Q/K program, q scales as a row
-    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=16, KVH=8, D=16, T=4100, block_size=16,
-      num_blocks=257, slots="short", is_neox=False, table="full"),  # a loop of 4 tiles of 2 heads in rows (S8's)
+      num_blocks=257, slots="short", gate="blocked", zero_heads=True),  # 4 heads in rows (GPUs: 8-token tiles)
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=16, KVH=8, D=16, T=16400, block_size=16,
+      num_blocks=1026, slots="short", is_neox=False, table="full"),  # a loop of 4 tiles of 2 heads in rows (S8's)
     C(cache_dtype="float8_e4m3fn", scale_cache="k", q_fp8="dynamic", nope=True, QH=4, KVH=4, D=16, T=4096,
       block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
@@ -170,14 +170,18 @@ def test_cases_cover_every_flag():
 
 def test_head_groups_follow_the_plan_rule():
     """Which calls rotate several heads per program in a loop (``plan.head_group``): mRoPE from 513 tokens,
-    dynamic fp8 q from 4096; the group divides both head counts. The case list runs one of each (T=520 / 4100)."""
-    dyn = C(cache_dtype="float8_e4m3fn", q_fp8="dynamic", QH=8, KVH=4, D=32, num_blocks=300, block_size=16)
+    dynamic fp8 q from 16384 where heads in rows apply (rotating, head_dim <= 128), else from 4096; the group
+    divides both head counts. The case list runs one of each (T=520 / 16400 / 4096 NoPE)."""
+    dyn = C(cache_dtype="float8_e4m3fn", q_fp8="dynamic", QH=8, KVH=4, D=32, num_blocks=1100, block_size=16)
     long = C(QH=8, KVH=4, D=32, T=16384, num_blocks=520, block_size=32)
-    for case, group in ((dataclasses.replace(dyn, T=4095), 1), (dataclasses.replace(dyn, T=4096), 4),
-                        (dataclasses.replace(dyn, T=4096, q_fp8="static"), 1),
-                        (dataclasses.replace(dyn, T=4096, KVH=2), 2),
-                        (dataclasses.replace(dyn, T=4096, QH=6, KVH=3), 1),
+    for case, group in ((dataclasses.replace(dyn, T=16383), 1), (dataclasses.replace(dyn, T=16384), 4),
+                        (dataclasses.replace(dyn, T=16384, q_fp8="static"), 1),
+                        (dataclasses.replace(dyn, T=16384, KVH=2), 2),
+                        (dataclasses.replace(dyn, T=16384, QH=6, KVH=3), 1),
+                        (dataclasses.replace(dyn, T=4095, nope=True), 1),
                         (dataclasses.replace(dyn, T=4096, nope=True), 4),
+                        (dataclasses.replace(dyn, T=4096, D=256), 4),
+                        (dataclasses.replace(dyn, T=4096, mrope="interleaved"), 2),
                         (C(mrope="contiguous", QH=6, KVH=2, D=32, T=520, num_blocks=40, block_size=16), 2),
                         (long, 1), (dataclasses.replace(long, q_fp8="static", cache_dtype="float8_e4m3fn"), 1)):
         plan = plan_for(case)
@@ -187,12 +191,13 @@ def test_head_groups_follow_the_plan_rule():
 
 def test_head_rows_follow_the_plan_rule():
     """How many heads sit side by side in a tile's rows (``plan.head_rows``): 8 per Q/K program with the group for
-    rotating calls without mRoPE at head_dim <= 128 in tiles of 16 tokens or more, as far as both head counts
-    divide; the grid then has BLOCK_T / rows tokens per program. Checked on the CUDA plan and the interpreter's."""
-    s1 = C(QH=32, KVH=8, D=128, T=4096, num_blocks=300, block_size=16)
+    rotating calls without mRoPE at head_dim <= 128, not in the 2-token tiles of T <= 16, as far as both head
+    counts divide; the grid then has BLOCK_T / rows tokens per program. Checked on the CUDA plan and the
+    interpreter's."""
+    s1 = C(QH=32, KVH=8, D=128, T=4096, num_blocks=1100, block_size=16)
+    s8 = dataclasses.replace(s1, q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv")
     for case, rows in ((s1, 8), (dataclasses.replace(s1, T=17), 8), (dataclasses.replace(s1, T=16), 1),
-                       (dataclasses.replace(s1, q_fp8="dynamic", cache_dtype="float8_e4m3fn"), 2),  # group 4
-                       (dataclasses.replace(s1, q_fp8="dynamic", cache_dtype="float8_e4m3fn", T=4095), 8),
+                       (dataclasses.replace(s8, T=16384), 2), (s8, 8),  # group 4 / 1
                        (dataclasses.replace(s1, KVH=2), 2), (dataclasses.replace(s1, QH=24, KVH=6), 2),
                        (dataclasses.replace(s1, QH=6, KVH=3), 1), (dataclasses.replace(s1, nope=True), 1),
                        (dataclasses.replace(s1, mrope="interleaved"), 1), (dataclasses.replace(s1, D=160), 1),
@@ -206,6 +211,23 @@ def test_head_rows_follow_the_plan_rule():
         assert plan.grid == (-(-case.T // (c["BLOCK_T"] // rows)) * c["NUM_HEAD_PROGS"],)
     for case, rows in ((CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2)):
         assert plan_for(case, "interpreter").constexprs["HEAD_ROWS"] == rows, case.id()
+
+
+def test_dynamic_fp8_q_with_heads_in_rows_takes_1024_element_tiles_below_16384_tokens():
+    """``plan.choose_tiles(dynamic_rows=True)``: S8's layout on the GPUs is 8-token tiles of 8 heads in rows in two
+    warps (one on ROCm's 64-lane waves) for 16 < T < 16384, 16-token tiles in four warps otherwise."""
+    s8 = C(QH=32, KVH=8, D=128, T=4096, num_blocks=1100, block_size=16, q_fp8="dynamic",
+           cache_dtype="float8_e4m3fn", scale_cache="kv")
+    for case, cuda, hip in ((s8, (8, 2), (8, 1)), (dataclasses.replace(s8, T=17), (8, 2), (8, 1)),
+                            (dataclasses.replace(s8, T=16), (2, 1), (2, 1)),
+                            (dataclasses.replace(s8, T=16384), (16, 4), (16, 2)),
+                            (dataclasses.replace(s8, q_fp8="static", scale_cache="none", scale="tensor"), (16, 4),
+                             (16, 2)),
+                            (dataclasses.replace(s8, nope=True), (16, 4), (16, 2)),
+                            (dataclasses.replace(s8, D=64), (16, 2), (16, 1))):
+        for target, want in (("cuda", cuda), ("hip:gfx950", hip)):
+            plan = plan_for(case, target)
+            assert (plan.constexprs["BLOCK_T"], plan.num_warps) == want, (case.id(), target)
 
 
 def test_retargeted_interpreter_plans_are_the_targets_own():

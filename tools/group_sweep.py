@@ -2,7 +2,7 @@
 the same shapes without their options, on the GPU, timed as ``fused-qkv bench`` times them (CUDA-graph replays).
 
     python tools/group_sweep.py --out DIR [--tokens 1024,4096,8192,32768] [--shapes S5,S6,S7,S8]
-        [--tiles all|default] [--groups auto|all] [--group-list 1,2,4,8] [--rows-list 1,2,4]
+        [--tiles all|default|16:4,32:8] [--groups auto|all] [--group-list 1,2,4,8] [--rows-list 1,2,4]
 
 Writes DIR/group_sweep.json and prints the best choices per (shape, T) in % of the copy bandwidth measured first.
 """
@@ -31,13 +31,15 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--tokens", default="1024,4096,8192,32768")
     parser.add_argument("--shapes", default="S5,S6")
-    parser.add_argument("--tiles", default="all", choices=("all", "default"))
+    parser.add_argument("--tiles", default="all", help="all, default, or BLOCK_T:warps pairs, e.g. 16:4,32:8")
     parser.add_argument("--groups", default="auto", choices=("auto", "all"),
                         help="auto: groups for mRoPE and fp8-q shapes only; all: for every shape")
     parser.add_argument("--group-list", default="1,2,4,8", help="the heads per program tried")
     parser.add_argument("--rows-list", default="1", help="the heads side by side in a tile's rows tried "
                         "(plan.head_rows; with a group of g heads, g * rows must divide the head counts)")
     args = parser.parse_args()
+    tile_list = (TILES if args.tiles == "all" else [None] if args.tiles == "default"
+                 else [tuple(map(int, t.split(":"))) for t in args.tiles.split(",")])
     copy_bw = bench.copy_bandwidth_gbps()
     print(f"copy bandwidth {copy_bw:.0f} GB/s", flush=True)
     real_group = plan.head_group
@@ -56,7 +58,7 @@ def main():
             for variant in [v for v in ("fused_torch", "fused_plain") if v in fns]:  # S1-S4 have no plain twin
                 for g, hr in ([(g, hr) for g in groups for hr in map(int, args.rows_list.split(","))
                                if shape["num_kv_heads"] % (g * hr) == 0] if variant == "fused_torch" else [(1, 1)]):
-                    for tiles in TILES if args.tiles == "all" else [None]:
+                    for tiles in tile_list:
                         if tiles and tiles[0] * plan.next_pow2(shape["head_dim"]) > 16384:
                             continue
                         plan.head_group = lambda c, r, n, d=False, g=g: g
