@@ -1,48 +1,135 @@
-"""Compile pickled launch plans ahead of time for one GPU target (run by test_zz_aot.py, one process per target:
-Triton 3.6's AMD backend keeps process-wide state, and a gfx942 e4m3fnuz compile after gfx950 compiles in one
-process trips an assertion in its software fp8 conversion; each target alone compiles cleanly).
+"""Compile launch plans ahead of time for one GPU target, one process per target (Triton 3.6's AMD backend keeps
+process-wide state, and a gfx942 e4m3fnuz compile after gfx950 compiles in one process trips an assertion in its
+software fp8 conversion; each target alone compiles cleanly).
 
-Usage: python aot_compile.py PLANS.pickle TARGET  -> prints one line per failure and a summary line.
+    python aot_compile.py PLANS.pickle TARGET   compile a pickled list of plans
+    python aot_compile.py --stream TARGET       compile plans as they arrive on stdin (length-prefixed pickles)
+                                                until it closes: ``Compilers`` below, which the test session
+                                                starts at collection so that the compiles run beside the
+                                                interpreted tests (CI has 2 cores, the interpreter uses one)
+
+Either way: prints one line per failure and a summary line, exits 1 if any failed.
 """
 
+import os
 import pickle
+import queue
+import subprocess
 import sys
+import tempfile
+import threading
 
-from fused_qkv.core.aot import compile_for, jax_pointer_dtypes, retarget, signature
-from fused_qkv.core.plan import TARGET_FP8, TARGET_Q_FP8
+TARGETS = ("cuda", "hip:gfx942", "hip:gfx950")
 
 
-def main(path, target):
-    with open(path, "rb") as f:
-        plans = pickle.load(f)
-    done = failed = 0
-    seen = set()
-    for plan in plans:
+class _Compiler:
+    """Compiles each distinct specialisation once for one target, counting successes and printing failures."""
+
+    def __init__(self, target):
+        self.target, self.done, self.failed, self.plans, self.seen = target, 0, 0, 0, set()
+
+    def add(self, plan):
+        from fused_qkv.core.aot import compile_for, jax_pointer_dtypes, retarget, signature
+        from fused_qkv.core.plan import TARGET_FP8, TARGET_Q_FP8
+
+        self.plans += 1
+        target = self.target
         caches = {plan.pointer_dtypes["key_cache"], plan.pointer_dtypes["value_cache"]}
         if any(c.startswith("float8") and c not in TARGET_FP8[target] for c in caches):
-            continue  # this target cannot store that cache dtype (the spec rejects it there)
+            return  # this target cannot store that cache dtype (the spec rejects it there)
         if plan.pointer_dtypes["q"].startswith("float8") and plan.pointer_dtypes["q"] not in TARGET_Q_FP8[target]:
-            continue  # nor that fp8 q
+            return  # nor that fp8 q
         tplan = retarget(plan, target)
         styles = {"torch": dict(plan.pointer_dtypes), "jax": jax_pointer_dtypes(plan)}
         for style, ptrs in styles.items():
             # interpreter plans that differ only in their own tiles are one specialisation on the target
             key = repr((sorted(tplan.constexprs.items()), tplan.num_warps, sorted(ptrs.items()),
                         signature(tplan, ptrs)[0]))
-            if key in seen:
+            if key in self.seen:
                 continue
-            seen.add(key)
+            self.seen.add(key)
             try:
                 kernel = compile_for(tplan, ptrs, target)
                 assert kernel.asm["cubin" if target == "cuda" else "hsaco"]
-                done += 1
+                self.done += 1
             except Exception as exc:  # report every failing specialisation
-                failed += 1
-                print(f"FAILED {target} {style} {dict(tplan.constexprs)} {ptrs}: {str(exc)[:1500]}")
-    print(f"compiled {done} distinct specialisations for {target} (of {len(plans)} plans, torch and JAX style), "
-          f"{failed} failed")
-    return 1 if failed else 0
+                self.failed += 1
+                print(f"FAILED {target} {style} {dict(tplan.constexprs)} {ptrs}: {str(exc)[:1500]}", flush=True)
+
+    def summary(self):
+        print(f"compiled {self.done} distinct specialisations for {self.target} (of {self.plans} plans, torch and "
+              f"JAX style), {self.failed} failed", flush=True)
+        return 1 if self.failed else 0
+
+
+def main(path, target):
+    with open(path, "rb") as f:
+        plans = pickle.load(f)
+    compiler = _Compiler(target)
+    for plan in plans:
+        compiler.add(plan)
+    return compiler.summary()
+
+
+def stream(target):
+    """Read plans from stdin on a thread (the test process never blocks on a full pipe) and compile them here."""
+    os.nice(5)  # the interpreted tests come first; the compiles take the idle core
+    inbox = queue.Queue()
+
+    def read():
+        src = sys.stdin.buffer
+        while (head := src.read(8)) and len(head) == 8:
+            inbox.put(pickle.loads(src.read(int.from_bytes(head, "little"))))
+        inbox.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    compiler = _Compiler(target)
+    while (plan := inbox.get()) is not None:
+        compiler.add(plan)
+    return compiler.summary()
+
+
+class Compilers:
+    """One ``--stream`` process per target, fed every plan the session records (``send``); ``finish`` closes their
+    input and returns ``{target: (exit code, output)}``."""
+
+    def __init__(self, targets=TARGETS):
+        self.logs = {t: tempfile.TemporaryFile() for t in targets}
+        self.procs = {t: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--stream", t],
+                                          stdin=subprocess.PIPE, stdout=self.logs[t], stderr=subprocess.STDOUT)
+                      for t in targets}
+        self.sent = 0
+
+    def send(self, plan):
+        data = pickle.dumps(plan)
+        for p in self.procs.values():
+            try:
+                p.stdin.write(len(data).to_bytes(8, "little") + data)
+                p.stdin.flush()
+            except OSError:  # the compiler died: finish() reports its exit code and output
+                pass
+        self.sent += 1
+
+    def finish(self, timeout=1800):
+        results = {}
+        for p in self.procs.values():
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+        for t, p in self.procs.items():
+            code = p.wait(timeout=timeout)
+            self.logs[t].seek(0)
+            results[t] = (code, self.logs[t].read().decode(errors="replace"))
+        return results
+
+    def kill(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--stream":
+        sys.exit(stream(sys.argv[2]))
     sys.exit(main(sys.argv[1], sys.argv[2]))

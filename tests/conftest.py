@@ -41,7 +41,30 @@ def _record_plan(plan, target):
     key = json.dumps([sorted(plan.constexprs.items()), sorted(plan.pointer_dtypes.items()),
                       sorted((k, abs(v) >= 2**31) for k, v in plan.scalars.items() if isinstance(v, int))],
                      default=str)
-    RECORDED_PLANS.setdefault(key, plan)
+    if key not in RECORDED_PLANS:
+        RECORDED_PLANS[key] = plan
+        if AOT["compilers"] is not None:
+            AOT["compilers"].send(plan)
+
+
+# tests/test_zz_aot.py's compilers, started at collection when it is among the tests to run (not in pytest-xdist
+# workers, which would each start their own): they compile each plan as it is recorded, beside the tests.
+AOT: dict = {"compilers": None, "files": set()}
+
+
+def pytest_collection_finish(session):
+    AOT["files"] = {os.path.basename(str(item.path)) for item in session.items}
+    wanted = any(item.name == "test_every_planned_specialisation_compiles_for_every_target" for item in session.items)
+    if wanted and "PYTEST_XDIST_WORKER" not in os.environ and not session.config.option.collectonly:
+        from aot_compile import Compilers
+
+        AOT["compilers"] = Compilers()
+
+
+def pytest_sessionfinish(session):
+    if AOT["compilers"] is not None:  # the AOT test did not run to the end (-x, interrupt): stop its compilers
+        AOT["compilers"].kill()
+        AOT["compilers"] = None
 
 
 @pytest.fixture(autouse=True, scope="session")
