@@ -29,7 +29,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
-if [ -d .whl/nb ]; then
+if ls .whl/nb/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --find-links .whl/nb nbclient nbformat ipykernel >>"$OUT/install.log" 2>&1 \
     || { cat "$OUT/install.log"; exit 1; }
 fi

@@ -49,19 +49,33 @@ def signature(plan: LaunchPlan, pointer_dtypes: Mapping[str, Optional[str]], *, 
 
 def retarget(plan: LaunchPlan, target: str) -> LaunchPlan:
     """The same specialisation as ``target`` would launch it: its own tile heuristics (and the heads in a tile's
-    rows, which follow the tile), hardware fp8 casts."""
+    rows, which follow the tile), hardware fp8 casts, and the target's evict-first hints for an interpreter plan
+    (which never has them); a GPU plan keeps its own hints."""
     import dataclasses
 
-    from .plan import choose_tiles, head_program_constexprs, head_rows, hw_cast, launch_grid
+    from .plan import (
+        ITEMSIZE,
+        choose_tiles,
+        dynamic_rows,
+        evict_first,
+        head_program_constexprs,
+        head_rows,
+        hw_cast,
+        launch_grid,
+    )
 
     c = plan.constexprs
     warp = TARGETS[target][2]
+    qh, kvh, group, d = c["NUM_Q_HEADS"], c["NUM_KV_HEADS"], c["HEAD_GROUP"], c["HEAD_DIM"]
+    plain_rope = bool(c["HAS_ROPE"] and c["MROPE"] == 0)
     block_t, num_warps = choose_tiles(plan.num_tokens, c["BLOCK_D"], target, warp,
-                                      dynamic_rows=c["Q_SCALE_MODE"] == 2 and c["HAS_ROPE"] and c["MROPE"] == 0)
-    qh, kvh, group = c["NUM_Q_HEADS"], c["NUM_KV_HEADS"], c["HEAD_GROUP"]
-    rows = head_rows(qh, kvh, c["HEAD_DIM"], c["HAS_ROPE"] and c["MROPE"] == 0, group, block_t)
+                                      dynamic_rows=dynamic_rows(c["Q_SCALE_MODE"], qh, kvh, d, plain_rope))
+    rows = head_rows(qh, kvh, d, plain_rope, group, block_t)
+    qkv_row_bytes = (c["V_COL0"] + kvh * d) * ITEMSIZE[plan.pointer_dtypes["qkv"]]  # the V block ends the row
     constexprs = dict(c, BLOCK_T=block_t, Q_SOFT_FP8=False, K_SOFT_FP8=False, V_SOFT_FP8=False,
-                      HW_CAST=hw_cast(target), **head_program_constexprs(qh, kvh, group, rows, c["HAS_GATE"]))
+                      HW_CAST=hw_cast(target), EVICT_FIRST=c["EVICT_FIRST"] if c["HW_CAST"]
+                      else evict_first(plan.num_tokens, qkv_row_bytes, target),
+                      **head_program_constexprs(qh, kvh, group, rows, c["HAS_GATE"]))
     return dataclasses.replace(plan, constexprs=constexprs, num_warps=num_warps,
                                grid=launch_grid(plan.num_tokens, constexprs))
 

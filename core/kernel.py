@@ -308,10 +308,10 @@ def _load_norm_rope(src, w_ptr, HAS_NORM: tl.constexpr, HAS_W_OFFSET: tl.constex
     """One Q or K head of a token tile (``src``: [BLOCK_T, 1] pointers to its channel 0): load the three
     channel groups once, RMSNorm (if HAS_NORM), rotate (if HAS_ROPE) with the tables it loads, or with
     ``c_given``/``s_given`` (TABLES_GIVEN: from ``_load_tables``). W_OVER_ROWS: load the rotary halves' weights
-    once per row (L1 hits), which S8's loop of tiles of heads in rows runs 2 % faster at T >= 16384 on the H200
-    (and 2 % slower in its 8-token tiles below: docs/performance.md). Returns fp32 (A, B, P, r): the head after the
-    norm's weights and RoPE, and ``r`` [BLOCK_T], the norm's per-row factor, which the caller applies (rotation is
-    linear, so it commutes), folded with any scale into one multiply per element."""
+    once per row (L1 hits), which S8's loop of tiles of heads in rows runs 2 % faster at T=32768 on the H200
+    (and 2 % slower in its 8-row tiles below 16384 tokens: docs/performance.md). Returns fp32 (A, B, P, r): the
+    head after the norm's weights and RoPE, and ``r`` [BLOCK_T], the norm's per-row factor, which the caller
+    applies (rotation is linear, so it commutes), folded with any scale into one multiply per element."""
     ld_half = row_mask & half_mask
     a = _load_once(src + a_offs, ld_half, EVICT)
     b = _load_once(src + b_offs, ld_half, EVICT)

@@ -477,8 +477,8 @@ GROUP_MIN_TOKENS = 513
 # from here up to GROUP_WIDE_TOKENS, pairs of heads: more programs beat fewer table reads at T 4096-8192
 GROUP_PAIR_TOKENS = 4096
 GROUP_WIDE_TOKENS = 8193
-GROUP_DYNAMIC_Q_TOKENS = 4096  # from here, dynamic fp8 q: 4 heads per program
-GROUP_DYNAMIC_Q_ROWS_TOKENS = 16384  # the same where heads in rows apply (rotating without mRoPE, head_dim <= 128)
+GROUP_DYNAMIC_Q_TOKENS = 4096  # from here, dynamic fp8 q where heads in rows do not apply: 4 heads per program
+GROUP_DYNAMIC_Q_ROWS_TOKENS = 16384  # the same where they do (plan.rows_apply)
 
 
 def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool = False) -> int:
@@ -495,8 +495,8 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
     adjacent q scales of each token, not one 4-byte store per (token, head) 4 * QH bytes from the next; where
     heads in rows apply, their rows already store a token's scales side by side, and 4 heads per program (of 2
     in rows) win only from GROUP_DYNAMIC_Q_ROWS_TOKENS. The H200 sweep of S8 (bench/results/s8_sweep.json, % of
-    copy): 8 heads in the rows of 8-token tiles (:func:`choose_tiles`) 86.5 / 88.2 / 87.5 / 88.5 at T = 4096 /
-    8192 / 16384 / 32768, a loop of 4 tiles of 2 heads in rows 82.7 / 86.3 / 91.4 / 93.2.
+    copy): 8 heads in the 8 rows of 1024-element tiles (:func:`choose_tiles`) 86.5 / 88.2 / 87.5 / 88.5 at T = 4096 /
+    8192 / 16384 / 32768, a loop of 4 tiles of 2 heads in rows 82.6 / 86.3 / 91.4 / 93.2.
 
     1 otherwise: other calls share their table rows between heads in a tile's rows (:func:`head_rows`), which
     keeps the programs small; a loop of 4 heads was 1 % slower than 8 heads in rows on S1 and S3 at T=32768
@@ -505,8 +505,10 @@ def head_group(config: OpConfig, rotates: bool, num_tokens: int, dynamic_q: bool
         if num_tokens < GROUP_MIN_TOKENS:
             return 1
         widest = 2 if GROUP_PAIR_TOKENS <= num_tokens < GROUP_WIDE_TOKENS else 4
-    elif dynamic_q and num_tokens >= (GROUP_DYNAMIC_Q_ROWS_TOKENS if rotates and config.head_dim <= ROWS_MAX_HEAD_DIM
-                                       else GROUP_DYNAMIC_Q_TOKENS):
+    elif dynamic_q:
+        rows = rows_apply(config.num_q_heads, config.num_kv_heads, config.head_dim, rotates)
+        if num_tokens < (GROUP_DYNAMIC_Q_ROWS_TOKENS if rows else GROUP_DYNAMIC_Q_TOKENS):
+            return 1
         widest = 4
     else:
         return 1
@@ -534,6 +536,19 @@ def head_program_constexprs(num_q_heads: int, num_kv_heads: int, group: int, row
     v_end = k_end + num_kv_heads // rows
     return dict(NUM_HEAD_PROGS=v_end + (num_q_heads // rows if gate else 0), K_END=k_end, V_END=v_end,
                 HEAD_GROUP=group, NUM_Q_PROGS=num_q_heads // qk, HEAD_ROWS=rows)
+
+
+def rows_apply(num_q_heads: int, num_kv_heads: int, head_dim: int, rotates_without_mrope: bool) -> bool:
+    """Whether :func:`head_rows` puts more than one head in a GPU tile's rows above T=16 (with one head per loop)."""
+    return (rotates_without_mrope and head_dim <= ROWS_MAX_HEAD_DIM and num_q_heads % 2 == 0
+            and num_kv_heads % 2 == 0)
+
+
+def dynamic_rows(q_scale_mode: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                 rotates_without_mrope: bool) -> bool:
+    """A dynamic fp8 q whose heads sit in rows: :func:`choose_tiles`' ``dynamic_rows`` (shared by the plan and
+    ``aot.retarget``)."""
+    return q_scale_mode == 2 and rows_apply(num_q_heads, num_kv_heads, head_dim, rotates_without_mrope)
 
 
 def head_rows(num_q_heads: int, num_kv_heads: int, head_dim: int, rotates_without_mrope: bool, group: int,
@@ -583,8 +598,9 @@ def _build_plan(arrays, config: OpConfig, rotates, num_blocks, block_size, scale
     vs_strides = _scale_cache_strides(arrays["v_scale_cache"], config.kv_cache_layout)
     has_pass = rotary_dim < D
     block_d = next_pow2(D)
-    block_t, num_warps = choose_tiles(T, block_d, target, warp_size, dynamic_rows=scale_modes["q_scale"] == 2
-                                      and rotates and config.mrope_section is None)
+    rows_q = dynamic_rows(scale_modes["q_scale"], config.num_q_heads, config.num_kv_heads, D,
+                          rotates and config.mrope_section is None)
+    block_t, num_warps = choose_tiles(T, block_d, target, warp_size, dynamic_rows=rows_q)
     constexprs = dict(
         _layout_constexprs(config, rotates, T, scale_modes["q_scale"] == 2, block_t),
         TABLE_STEP=2 if (full_table and not config.is_neox) else 1,
@@ -673,11 +689,12 @@ def choose_tiles(num_tokens: int, block_d: int, target: str, warp_size: int = 32
     bench/results/sweep.json) and one warp of 1024 elements from head_dim 256: 4 tokens at 256, 2 at 512 (H200
     sweeps of S2 and S6; docs/performance.md).
 
-    ``dynamic_rows``: a dynamic fp8 q with heads in rows (rotating without mRoPE). Its programs reduce every head
+    ``dynamic_rows`` (:func:`dynamic_rows`): a dynamic fp8 q with heads in rows. Its programs reduce every head
     twice (norm, amax) and move three scale vectors through shared memory, so below GROUP_DYNAMIC_Q_ROWS_TOKENS
-    tiles of 1024 elements at head_dim <= 128 (8 tokens, 2 warps at 128) win: S8 on the H200 86.5 / 88.2 % of
-    copy at T = 4096 / 8192 against 82.8 / 84.3 % with 16-token tiles (bench/results/s8_sweep.json). The other
-    shapes gain nothing from them (S1, S3, S4, S7 within 1 % at 4096-8192, 2-5 % slower at 32768).
+    tiles of 1024 elements at head_dim <= 128 win (8 rows at 128: one token of 8 heads, in 2 warps): S8 on the
+    H200 86.5 / 88.2 % of copy at T = 4096 / 8192 against 83.0 / 85.3 % with 16 rows in 4 warps
+    (bench/results/s8_sweep.json, sweep c). The other shapes gain little or lose (sweep d: S1, S3, S4 within
+    0.6 % and S7 1.2-1.5 % faster at 4096 / 8192, all 2-5 % slower at 32768), so they keep 16 rows.
     """
     if target == "interpreter":
         block_t = min(next_pow2(max(num_tokens, 1)), max(1, 8192 // block_d))

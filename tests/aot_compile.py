@@ -72,20 +72,23 @@ def main(path, target):
 
 
 def stream(target):
-    """Read plans from stdin on a thread (the test process never blocks on a full pipe) and compile them here."""
+    """Read plans from stdin on a thread and compile them here. The thread drains the pipe whenever it gets the
+    GIL, so the test process blocks on a full pipe at most until a compile step releases it."""
     os.nice(5)  # the interpreted tests come first; the compiles take the idle core
     inbox = queue.Queue()
 
-    def read():
+    def read():  # raw bytes only: nothing here can fail but the pipe, and the end is always signalled
         src = sys.stdin.buffer
-        while (head := src.read(8)) and len(head) == 8:
-            inbox.put(pickle.loads(src.read(int.from_bytes(head, "little"))))
-        inbox.put(None)
+        try:
+            while (head := src.read(8)) and len(head) == 8:
+                inbox.put(src.read(int.from_bytes(head, "little")))
+        finally:
+            inbox.put(None)
 
     threading.Thread(target=read, daemon=True).start()
     compiler = _Compiler(target)
-    while (plan := inbox.get()) is not None:
-        compiler.add(plan)
+    while (data := inbox.get()) is not None:
+        compiler.add(pickle.loads(data))
     return compiler.summary()
 
 
@@ -98,7 +101,6 @@ class Compilers:
         self.procs = {t: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--stream", t],
                                           stdin=subprocess.PIPE, stdout=self.logs[t], stderr=subprocess.STDOUT)
                       for t in targets}
-        self.sent = 0
 
     def send(self, plan):
         data = pickle.dumps(plan)
@@ -108,7 +110,6 @@ class Compilers:
                 p.stdin.flush()
             except OSError:  # the compiler died: finish() reports its exit code and output
                 pass
-        self.sent += 1
 
     def finish(self, timeout=1800):
         results = {}
@@ -117,10 +118,13 @@ class Compilers:
                 p.stdin.close()
             except OSError:
                 pass
-        for t, p in self.procs.items():
-            code = p.wait(timeout=timeout)
-            self.logs[t].seek(0)
-            results[t] = (code, self.logs[t].read().decode(errors="replace"))
+        try:
+            for t, p in self.procs.items():
+                code = p.wait(timeout=timeout)
+                self.logs[t].seek(0)
+                results[t] = (code, self.logs[t].read().decode(errors="replace"))
+        finally:
+            self.kill()  # a timeout or an interrupt leaves no compiler behind
         return results
 
     def kill(self):

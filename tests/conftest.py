@@ -49,11 +49,11 @@ def _record_plan(plan, target):
 
 # tests/test_zz_aot.py's compilers, started at collection when it is among the tests to run (not in pytest-xdist
 # workers, which would each start their own): they compile each plan as it is recorded, beside the tests.
-AOT: dict = {"compilers": None, "files": set()}
+AOT: dict = {"compilers": None, "items": set()}
 
 
 def pytest_collection_finish(session):
-    AOT["files"] = {os.path.basename(str(item.path)) for item in session.items}
+    AOT["items"] = {item.originalname for item in session.items}
     wanted = any(item.name == "test_every_planned_specialisation_compiles_for_every_target" for item in session.items)
     if wanted and "PYTEST_XDIST_WORKER" not in os.environ and not session.config.option.collectonly:
         from aot_compile import Compilers

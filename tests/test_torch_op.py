@@ -118,9 +118,11 @@ CASES = [
       T=520, block_size=16, num_blocks=33, slots="short"),  # 2 heads per Q/K program
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", T=1, D=128, QH=8, KVH=2),  # decode
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=8, KVH=4, D=32, T=4100, block_size=16,
-      num_blocks=257, slots="short", gate="blocked", zero_heads=True),  # 4 heads in rows (GPUs: 8-token tiles)
+      num_blocks=257, slots="short", gate="blocked", zero_heads=True),  # 4 heads in rows (GPUs: 32-row tiles)
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=16, KVH=8, D=16, T=16400, block_size=16,
       num_blocks=1026, slots="short", is_neox=False, table="full"),  # a loop of 4 tiles of 2 heads in rows (S8's)
+    C(cache_dtype="float8_e4m3fn", scale_cache="kv", q_fp8="dynamic", QH=8, KVH=8, D=128, T=40, block_size=16,
+      num_blocks=4, slots="negative"),  # GPUs: 8-row tiles of one token's 8 heads (S8's below 16384 tokens)
     C(cache_dtype="float8_e4m3fn", scale_cache="k", q_fp8="dynamic", nope=True, QH=4, KVH=4, D=16, T=4096,
       block_size=16, num_blocks=256, layout="HND"),  # NoPE, 4 heads per program: no tables to share
     C(cache_dtype="float8_e4m3fn", scale_cache="kv", D=80, QH=2, KVH=1, q_fp8="static", row_pad=8),
@@ -214,13 +216,17 @@ def test_head_rows_follow_the_plan_rule():
 
 
 def test_dynamic_fp8_q_with_heads_in_rows_takes_1024_element_tiles_below_16384_tokens():
-    """``plan.choose_tiles(dynamic_rows=True)``: S8's layout on the GPUs is 8-token tiles of 8 heads in rows in two
-    warps (one on ROCm's 64-lane waves) for 16 < T < 16384, 16-token tiles in four warps otherwise."""
-    s8 = C(QH=32, KVH=8, D=128, T=4096, num_blocks=1100, block_size=16, q_fp8="dynamic",
+    """``plan.choose_tiles(dynamic_rows=True)``: S8's layout on the GPUs is 8-row tiles (one token of 8 heads) in
+    two warps (one on ROCm's 64-lane waves) for 16 < T < 16384, 16-row tiles in four warps otherwise, and where
+    heads in rows do not apply (NoPE, mRoPE, an odd head count)."""
+    s8 = C(QH=8, KVH=8, D=128, T=4096, num_blocks=1100, block_size=16, q_fp8="dynamic",
            cache_dtype="float8_e4m3fn", scale_cache="kv")
     for case, cuda, hip in ((s8, (8, 2), (8, 1)), (dataclasses.replace(s8, T=17), (8, 2), (8, 1)),
                             (dataclasses.replace(s8, T=16), (2, 1), (2, 1)),
+                            (dataclasses.replace(s8, T=16383), (8, 2), (8, 1)),
                             (dataclasses.replace(s8, T=16384), (16, 4), (16, 2)),
+                            (dataclasses.replace(s8, mrope="interleaved"), (16, 4), (16, 2)),
+                            (dataclasses.replace(s8, QH=7, KVH=1), (16, 4), (16, 2)),
                             (dataclasses.replace(s8, q_fp8="static", scale_cache="none", scale="tensor"), (16, 4),
                              (16, 2)),
                             (dataclasses.replace(s8, nope=True), (16, 4), (16, 2)),
@@ -232,12 +238,13 @@ def test_dynamic_fp8_q_with_heads_in_rows_takes_1024_element_tiles_below_16384_t
 
 def test_retargeted_interpreter_plans_are_the_targets_own():
     """``aot.retarget`` (the CPU CI's ahead-of-time compiles) gives an interpreter plan the tiles, head rows, head
-    list and grid that the target's own plan has: T=13 has 16-row interpreter tiles (8 heads in rows) against the
-    GPUs' 2-token tiles (1)."""
+    list, evict-first hints and grid that the target's own plan has: T=13 has 16-row interpreter tiles (8 heads in
+    rows) against the GPUs' 2-token tiles (1); the interpreter never hints evict-first."""
     from fused_qkv.core.aot import retarget
 
-    keys = ("BLOCK_T", "HEAD_ROWS", "HEAD_GROUP", "NUM_HEAD_PROGS", "K_END", "V_END", "NUM_Q_PROGS")
-    for case in (C(T=13, QH=8, KVH=8, D=128, block_size=16, num_blocks=2), CASES[-3], CASES[-2],
+    keys = ("BLOCK_T", "HEAD_ROWS", "HEAD_GROUP", "NUM_HEAD_PROGS", "K_END", "V_END", "NUM_Q_PROGS", "EVICT_FIRST")
+    loop, rows8 = (next(c for c in CASES if c.q_fp8 == "dynamic" and c.T == t) for t in (16400, 40))
+    for case in (C(T=13, QH=8, KVH=8, D=128, block_size=16, num_blocks=2), CASES[-3], CASES[-2], loop, rows8,
                  C(mrope="interleaved", T=40, QH=8, KVH=4, D=32, block_size=16, num_blocks=4),
                  C(q_fp8="dynamic", cache_dtype="float8_e4m3fn", scale_cache="kv", QH=16, KVH=8, D=16, T=4100,
                    block_size=16, num_blocks=257, slots="short", gate="interleaved")):
