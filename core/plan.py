@@ -539,7 +539,7 @@ def head_program_constexprs(num_q_heads: int, num_kv_heads: int, group: int, row
 
 
 def rows_apply(num_q_heads: int, num_kv_heads: int, head_dim: int, rotates_without_mrope: bool) -> bool:
-    """Whether :func:`head_rows` puts more than one head in a GPU tile's rows above T=16 (with one head per loop)."""
+    """Whether a call may put several heads in a tile's rows (:func:`head_rows`; on GPUs above T=16)."""
     return (rotates_without_mrope and head_dim <= ROWS_MAX_HEAD_DIM and num_q_heads % 2 == 0
             and num_kv_heads % 2 == 0)
 
@@ -558,12 +558,12 @@ def head_rows(num_q_heads: int, num_kv_heads: int, head_dim: int, rotates_withou
     read the same token's table row share one load, so the L2 serves each table row once per program, not once
     per head (the tables of a 16-token tile are twice its qkv bytes at head_dim 128, full rotary).
 
-    ROWS_HEADS // group for calls that rotate without mRoPE at head_dim <= ROWS_MAX_HEAD_DIM in tiles of at
-    least ROWS_MIN_BLOCK_T rows; 1 otherwise, or what :func:`head_rows_override` sets. The H200 sweep
-    (bench/results/rows_sweep.json, tools/group_sweep.py --rows-list; docs/performance.md)."""
+    ROWS_HEADS // group where :func:`rows_apply` (rotating without mRoPE at head_dim <= ROWS_MAX_HEAD_DIM, even
+    head counts) in tiles of at least ROWS_MIN_BLOCK_T rows; 1 otherwise, or what :func:`head_rows_override`
+    sets. The H200 sweep (bench/results/rows_sweep.json, tools/group_sweep.py --rows-list; docs/performance.md)."""
     if _overrides["head_rows"] is not None:
         rows = _overrides["head_rows"]
-    elif rotates_without_mrope and head_dim <= ROWS_MAX_HEAD_DIM and block_t >= ROWS_MIN_BLOCK_T:
+    elif rows_apply(num_q_heads, num_kv_heads, head_dim, rotates_without_mrope) and block_t >= ROWS_MIN_BLOCK_T:
         rows = max(1, ROWS_HEADS // group)
     else:
         return 1

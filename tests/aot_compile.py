@@ -1,14 +1,11 @@
-"""Compile launch plans ahead of time for one GPU target, one process per target (Triton 3.6's AMD backend keeps
+"""Compile launch plans ahead of time for GPU targets, one process per target (Triton 3.6's AMD backend keeps
 process-wide state, and a gfx942 e4m3fnuz compile after gfx950 compiles in one process trips an assertion in its
 software fp8 conversion; each target alone compiles cleanly).
 
-    python aot_compile.py PLANS.pickle TARGET   compile a pickled list of plans
-    python aot_compile.py --stream TARGET       compile plans as they arrive on stdin (length-prefixed pickles)
-                                                until it closes: ``Compilers`` below, which the test session
-                                                starts at collection so that the compiles run beside the
-                                                interpreted tests (CI has 2 cores, the interpreter uses one)
-
-Either way: prints one line per failure and a summary line, exits 1 if any failed.
+``Compilers`` starts ``python aot_compile.py --stream TARGET`` for each target and sends it plans (length-prefixed
+pickles on stdin) as they come: the test session starts them at collection, so the compiles run beside the
+interpreted tests (CI has 2 cores, the interpreter uses one). Each prints one line per failure and a summary
+line, and exits 1 if any failed.
 """
 
 import os
@@ -62,15 +59,6 @@ class _Compiler:
         return 1 if self.failed else 0
 
 
-def main(path, target):
-    with open(path, "rb") as f:
-        plans = pickle.load(f)
-    compiler = _Compiler(target)
-    for plan in plans:
-        compiler.add(plan)
-    return compiler.summary()
-
-
 def stream(target):
     """Read plans from stdin on a thread and compile them here. The thread drains the pipe whenever it gets the
     GIL, so the test process blocks on a full pipe at most until a compile step releases it."""
@@ -93,8 +81,8 @@ def stream(target):
 
 
 class Compilers:
-    """One ``--stream`` process per target, fed every plan the session records (``send``); ``finish`` closes their
-    input and returns ``{target: (exit code, output)}``."""
+    """One ``--stream`` process per target, fed plans by ``send`` (every plan the session records, or a list:
+    ``compile_all``); ``finish`` closes their input and returns ``{target: (exit code, output)}``."""
 
     def __init__(self, targets=TARGETS):
         self.logs = {t: tempfile.TemporaryFile() for t in targets}
@@ -127,6 +115,13 @@ class Compilers:
             self.kill()  # a timeout or an interrupt leaves no compiler behind
         return results
 
+    @classmethod
+    def compile_all(cls, plans, targets=TARGETS):
+        compilers = cls(targets)
+        for plan in plans:
+            compilers.send(plan)
+        return compilers.finish()
+
     def kill(self):
         for p in self.procs.values():
             if p.poll() is None:
@@ -134,6 +129,5 @@ class Compilers:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--stream":
-        sys.exit(stream(sys.argv[2]))
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    assert sys.argv[1] == "--stream", "usage: python aot_compile.py --stream TARGET"
+    sys.exit(stream(sys.argv[2]))

@@ -3,11 +3,7 @@
 code; and the same specialisations compile for ROCm gfx942 and gfx950 (ahead of time, on a CPU)."""
 
 import dataclasses
-import os
-import pickle
 import re
-import subprocess
-import sys
 
 import pytest
 from fused_qkv.core import plan as plan_module
@@ -56,17 +52,14 @@ def test_sm90_code_carries_the_hints_only_when_evict_first(case):
     assert _evict_first_accesses(plan, False) == (0, 0, False)
 
 
-def test_evict_first_specialisations_compile_for_rocm(tmp_path):
+def test_evict_first_specialisations_compile_for_rocm():
+    from aot_compile import Compilers
+
     plans = [dataclasses.replace(p, constexprs=dict(p.constexprs, EVICT_FIRST=True)) for p in map(plan_for, CASES)]
     assert all(retarget(p, "hip:gfx942").constexprs["EVICT_FIRST"] for p in plans)  # retargeting keeps the choice
-    path = tmp_path / "plans.pickle"
-    path.write_bytes(pickle.dumps(plans))
-    script = os.path.join(os.path.dirname(__file__), "aot_compile.py")
-    for target in ("hip:gfx942", "hip:gfx950"):  # one process per target (see aot_compile.py)
+    results = Compilers.compile_all(plans, ("hip:gfx942", "hip:gfx950"))
+    for target, (code, out) in results.items():
         storable = [p for p in plans if all(not c.startswith("float8") or c in plan_module.TARGET_FP8[target]
                                             for c in (p.pointer_dtypes["key_cache"], p.pointer_dtypes["value_cache"]))]
-        proc = subprocess.run([sys.executable, script, str(path), target], capture_output=True, text=True,
-                              timeout=1200)
         expect = f"compiled {2 * len(storable)} distinct specialisations for {target}"  # torch and JAX styles
-        assert proc.returncode == 0 and expect in proc.stdout and "0 failed" in proc.stdout, \
-            proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert code == 0 and expect in out and "0 failed" in out, out[-6000:]

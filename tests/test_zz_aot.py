@@ -9,12 +9,7 @@ Collected last (file name), so it sees the plans of every other test. The interp
 kernel as the compiler does, so this is also what keeps CPU CI honest about compiled code.
 """
 
-import os
-import pickle
-import subprocess
-import sys
-
-from aot_compile import TARGETS
+from aot_compile import TARGETS, Compilers
 from conftest import AOT, RECORDED_PLANS
 from helpers import plan_for
 
@@ -29,7 +24,7 @@ def _ensure_some_plans():
         plan_for(case, target="interpreter")  # recorded by conftest's plan observer
 
 
-def test_every_planned_specialisation_compiles_for_every_target(tmp_path):
+def test_every_planned_specialisation_compiles_for_every_target():
     _ensure_some_plans()
     plans = list(RECORDED_PLANS.values())
     compilers = AOT["compilers"]
@@ -39,27 +34,13 @@ def test_every_planned_specialisation_compiles_for_every_target(tmp_path):
         results = compilers.finish()
         AOT["compilers"] = None
     else:  # pytest-xdist workers: compile the plans this worker recorded, now
-        results = _compile_now(plans, tmp_path)
+        results = Compilers.compile_all(plans)
     print(f"{len(plans)} distinct specialisations planned in this session")
     for t in TARGETS:
         out = results[t][1].strip()
         print(out.splitlines()[-1] if out else f"{t}: no output")
     bad = {t: out[-6000:] for t, (code, out) in results.items() if code != 0 or "0 failed" not in out}
     assert not bad, bad
-
-
-def _compile_now(plans, tmp_path):
-    path = tmp_path / "plans.pickle"
-    path.write_bytes(pickle.dumps(plans))
-    script = os.path.join(os.path.dirname(__file__), "aot_compile.py")
-    procs = {t: subprocess.Popen([sys.executable, script, str(path), t], stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for t in TARGETS[:2]}
-    results = {t: p.communicate(timeout=1200)[0] for t, p in procs.items()}  # two at a time: CI has 2 cores
-    results = {t: (procs[t].returncode, out) for t, out in results.items()}
-    last = subprocess.run([sys.executable, script, str(path), TARGETS[2]], capture_output=True, text=True,
-                          timeout=1200)
-    results[TARGETS[2]] = (last.returncode, last.stdout + last.stderr)
-    return results
 
 
 def test_retargeting_replaces_every_interpreter_fp8_encoding_with_the_hardware_cast():
